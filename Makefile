@@ -1,0 +1,45 @@
+# Fellowship — every target sets up its own virtualenv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck generated schema diagrams check-generated clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . \
+		|| $(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+.env:
+	cp .env.example .env
+
+## make run: set up, then start the server (SQLite embedded, config from .env)
+run: $(STAMP) .env
+	$(BIN)/fellowship serve
+
+## make test: set up, then lint, type-check, check generated files, run every test
+test: $(STAMP) lint typecheck check-generated
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict engine server
+
+schema: $(STAMP)
+	$(BIN)/fellowship schema --write
+
+diagrams: $(STAMP)
+	$(BIN)/fellowship diagrams
+
+check-generated: $(STAMP)
+	$(BIN)/fellowship schema --check
+	$(BIN)/fellowship diagrams --check
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,214 @@
+"""Server-wide configuration, read once from the environment and `.env`.
+
+Every limit, timeout and default the code uses lives here, so that nothing is a
+magic number and every knob is documented in `.env.example` (a test checks that
+the two agree).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class ConfigError(Exception):
+    """Raised at start-up when the configuration is invalid; the message says why."""
+
+
+class Settings(BaseSettings):
+    """Fellowship's configuration. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- LLM backend -------------------------------------------------------------
+    llm_base_url: str = Field(
+        "http://127.0.0.1:8080/v1",
+        description="Base URL of the default OpenAI-compatible backend (ends in /v1).",
+    )
+    llm_api_key: SecretStr = Field(
+        SecretStr(""), description="API key sent to the default backend as a Bearer token."
+    )
+    default_bot_model: str = Field(
+        "default", description="Model name used for bots that do not name one."
+    )
+    default_orchestrator_model: str = Field(
+        "default", description="Model name used for orchestrator calls."
+    )
+    llm_timeout: float = Field(
+        120.0, gt=0, description="Longest time in seconds one whole LLM call may take."
+    )
+    llm_connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds allowed to open a connection to the backend."
+    )
+    llm_read_timeout: float = Field(
+        60.0, gt=0, description="Seconds allowed between bytes of a non-streaming reply."
+    )
+    llm_stream_idle_timeout: float = Field(
+        30.0, gt=0, description="Longest silent gap in seconds while a reply is streaming."
+    )
+    llm_retries: int = Field(
+        1, ge=0, le=10, description="How many times a failed LLM call is retried."
+    )
+    llm_retry_delay: float = Field(
+        1.0, ge=0, description="Seconds to wait before a retry (Retry-After wins when given)."
+    )
+    llm_max_retry_after: float = Field(
+        30.0, ge=0, description="Upper bound in seconds on a backend's Retry-After."
+    )
+    llm_max_concurrency: int = Field(
+        4, ge=1, description="Calls in flight per backend, shared fairly (FIFO) by sessions."
+    )
+    allowed_llm_hosts: CommaList = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
+        description="Hosts a session's llm.base_url may point to (comma-separated).",
+    )
+    llm_stream_include_usage: bool = Field(
+        True,
+        description="Ask for usage in streamed replies; turn off for servers that refuse it.",
+    )
+    llm_max_stop_sequences: int = Field(
+        0, ge=0, description="Most stop sequences sent per call (0: no cap; OpenAI accepts 4)."
+    )
+    llm_max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens",
+        description="Field that carries max_tokens (OpenAI reasoning models need the other).",
+    )
+    llm_error_detail_chars: int = Field(
+        300, ge=0, description="Longest excerpt of a backend's own error message kept in errors."
+    )
+
+    # --- sessions ----------
+    max_bots_per_session: int = Field(16, ge=1, description="Most bots one session may have.")
+    max_sessions: int = Field(
+        1000, ge=1, description="Most sessions alive at once; creating more answers 429."
+    )
+    session_ttl_default: int = Field(
+        3600, ge=1, description="Idle timeout in seconds for sessions whose spec sets none."
+    )
+    default_context_limit: int = Field(
+        8192, ge=64, description="Context token limit for sessions without max_context_tokens."
+    )
+    summarize_threshold: float = Field(
+        0.8, gt=0, lt=1, description="Fraction of the context limit that triggers a summary."
+    )
+    summary_tail_messages: int = Field(
+        6, ge=0, description="Recent messages kept verbatim after a summary."
+    )
+    opening_line: str = Field(
+        "Let's begin.",
+        description="User line put first when a bot's context is empty or starts with itself.",
+    )
+    continue_line: str = Field(
+        "Please continue.",
+        description="User line put last when a bot's context ends with itself (empty: none).",
+    )
+    max_stop_sequences: int = Field(
+        4, ge=0, description="Most stop sequences sent per call (OpenAI accepts at most 4)."
+    )
+    loop_max_consecutive_errors: int = Field(
+        5, ge=1, description="Internal loop errors in a row after which a session ends (error)."
+    )
+    loop_error_backoff: float = Field(
+        0.5, ge=0, description="Seconds the loop waits after an internal error before going on."
+    )
+    housekeeping_interval: float = Field(
+        1.0, gt=0, description="Seconds between checks of time limits and idle sessions."
+    )
+    max_spec_bytes: int = Field(262144, ge=1024, description="Largest accepted spec in bytes.")
+    max_prompt_chars: int = Field(
+        20000,
+        ge=64,
+        description="Longest text field in a spec (prompts, goal, role, names) in characters.",
+    )
+    max_spec_depth: int = Field(
+        32, ge=4, description="Deepest nesting of lists and mappings accepted in a spec."
+    )
+    max_message_chars: int = Field(8000, ge=1, description="Longest talker message in characters.")
+    max_name_chars: int = Field(64, ge=1, description="Longest talker display name.")
+    tokenizer: Literal["cl100k_base", "o200k_base"] = Field(
+        "cl100k_base", description="tiktoken encoding used to count tokens (shipped offline)."
+    )
+
+    # --- events and fan-out ------------------------------------------------------
+    event_buffer_size: int = Field(
+        2000, ge=16, description="Events kept per session for replay on reconnect."
+    )
+    member_queue_size: int = Field(
+        1000, ge=16, description="Events a member may fall behind before it is disconnected."
+    )
+    sse_keepalive_seconds: float = Field(
+        15.0, gt=0, description="Interval of SSE keep-alive comments."
+    )
+    ws_ping_seconds: float = Field(
+        20.0, gt=0, description="Interval of WebSocket protocol pings from the server."
+    )
+
+    # --- server ----------
+    host: str = Field("127.0.0.1", description="Address the server binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the server listens on.")
+    cors_origins: CommaList = Field(
+        default_factory=list, description="Origins allowed by CORS (comma-separated; * for any)."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="Seconds a graceful shutdown waits for turns to finish."
+    )
+    rate_limit_per_minute: int = Field(
+        0,
+        ge=0,
+        description="HTTP requests and WebSocket connects allowed per client address "
+        "and minute (0: no limit).",
+    )
+    access_log: bool = Field(
+        True, description="Log one line per HTTP request (session tokens in paths masked)."
+    )
+
+    # --- storage, logs, library ---------------------------------------------------
+    database_path: Path = Field(
+        Path("data/fellowship.db"), description="SQLite database file (created if missing)."
+    )
+    ended_retention_seconds: int = Field(
+        7 * 24 * 3600, ge=0, description="How long ended sessions stay readable."
+    )
+    log_dir: Path = Field(Path("logs"), description="Folder for daily log files.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level written to the logs."
+    )
+    specs_dir: Path = Field(Path("specs"), description="Folder of the named spec library.")
+    debug: bool = Field(False, description="Emit debug events for every session.")
+
+    @field_validator("allowed_llm_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Load the settings once; raise `ConfigError` with one readable message if invalid."""
+    return load_settings()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus explicit overrides (used by tests)."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'config'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
