@@ -1,0 +1,335 @@
+"""The session spec as pydantic models: the one definition of what a client may submit.
+
+These models check everything that can be judged from a single field: types, ranges,
+allowed values, bot-name shape and the `memory` syntax. Rules that need the server's
+configuration or a view of the whole document (how many bots, unique names, text
+length caps, `orchestrated` needing three bots) live in `engine.spec.loader`, so the
+models stay importable without settings.
+
+Unknown keys are ignored here (`extra="ignore"`); the loader reports them as warnings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+# Both numbers are part of the spec contract (SPEC §2), not tunable server limits.
+BOT_NAME_MAX_CHARS: Final = 64
+ORCHESTRATED_MIN_BOTS: Final = 3
+
+Participation = Literal["autonomous", "reactive", "collaborative"]
+TurnOrder = Literal["round_robin", "orchestrated"]
+ContextMode = Literal["shared", "scoped"]
+MemoryMode = Literal["none", "new", "inherit"]
+
+MEMORY_INHERIT_PREFIX: Final = "inherit:"
+MEMORY_PATTERN: Final = r"^\s*(none|new|inherit:\s*\S.*)\s*$"
+# What replaces an inherited session's token wherever a spec is shown back.
+REDACTED: Final = "***"
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _refuse_bool(value: object) -> object:
+    # Lax pydantic turns `true` into 1; in a spec that is always a mistake.
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_type", "must be a number, not true/false")
+    return value
+
+
+def _blank_to_none(value: object) -> object:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _check_bot_name(value: str) -> str:
+    # Names become `Name:` prefixes and stop sequences in prompts; a line break would
+    # split a speaker line in two.
+    if _CONTROL_CHARS.search(value):
+        raise PydanticCustomError(
+            "bot_name", "must not contain line breaks, tabs or other control characters"
+        )
+    return value
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PydanticCustomError(
+            "url", "must be an http:// or https:// URL such as http://127.0.0.1:8080/v1"
+        )
+    return value
+
+
+def parse_memory(value: str) -> tuple[MemoryMode, str | None]:
+    """Split a `memory` value into its mode and (for `inherit:`) the session token.
+
+    Raises `ValueError` when the value is not `none`, `new` or `inherit:<token>`.
+    """
+    text = value.strip()
+    if text == "none":
+        return "none", None
+    if text == "new":
+        return "new", None
+    if text.startswith(MEMORY_INHERIT_PREFIX):
+        token = text[len(MEMORY_INHERIT_PREFIX) :].strip()
+        if token:
+            return "inherit", token
+        raise ValueError("inherit: must be followed by the token of an earlier session")
+    raise ValueError("must be none, new or inherit:<token of an earlier session>")
+
+
+Number = BeforeValidator(_refuse_bool)
+BotName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=BOT_NAME_MAX_CHARS),
+    AfterValidator(_check_bot_name),
+]
+# Optional short texts: surrounding blanks trimmed, an empty value means "not set".
+Label = Annotated[str | None, BeforeValidator(_blank_to_none)]
+StrippedLabel = Annotated[
+    Annotated[str, StringConstraints(strip_whitespace=True)] | None,
+    BeforeValidator(_blank_to_none),
+]
+
+
+class _SpecModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class BotSpec(_SpecModel):
+    """One bot: an LLM participant with its own name, prompt and model settings."""
+
+    name: BotName = Field(
+        description=(
+            "Name the bot speaks under and is addressed by. Required, 1 to "
+            f"{BOT_NAME_MAX_CHARS} characters, unique within the session ignoring case, "
+            "no line breaks."
+        ),
+        examples=["Alice"],
+    )
+    system_prompt: str = Field(
+        "",
+        description="The bot's own instructions, placed after the global system prompt. "
+        "Other bots never see it.",
+    )
+    role: StrippedLabel = Field(
+        None,
+        description="Free-text hint about the bot's part (e.g. critic, moderator), shown to "
+        "the orchestrator.",
+        examples=["moderator"],
+    )
+    temperature: Annotated[float, Field(ge=0, le=2), Number] | None = Field(
+        None,
+        description="Sampling temperature for this bot's replies, 0 to 2. Unset: the "
+        "backend's default.",
+    )
+    model: StrippedLabel = Field(
+        None,
+        description="Model for this bot. Unset: llm.model of the session, else the "
+        "server's DEFAULT_BOT_MODEL.",
+        examples=["llama3.1:8b"],
+    )
+    max_tokens: Annotated[int, Field(ge=1), Number] | None = Field(
+        None,
+        description="Longest reply in tokens for this bot. Unset: no limit is sent to the backend.",
+    )
+
+
+class SessionOptions(_SpecModel):
+    """How the conversation runs: who may speak, in what order, and when it ends."""
+
+    participation: Participation = Field(
+        "autonomous",
+        description="autonomous: bots only, starts at once. reactive: bots answer each "
+        "talker message, then wait. collaborative: bots converse on their own once a "
+        "talker has spoken, and talker messages join in as they arrive.",
+    )
+    turn_order: TurnOrder = Field(
+        "round_robin",
+        description="round_robin: bots speak in spec order. orchestrated: a hidden LLM call "
+        f"picks each next speaker (needs at least {ORCHESTRATED_MIN_BOTS} bots).",
+    )
+    goal: Label = Field(
+        None,
+        description="What the conversation should achieve. Given to the orchestrator, which "
+        "may then end the session once the goal is met.",
+    )
+    max_talkers: Annotated[int, Number] = Field(
+        1,
+        ge=0,
+        description="Most talkers (humans who write) connected at once. Observers are unlimited.",
+    )
+    rectify_history: bool = Field(
+        True,
+        description="Reserve a bot's history position when its call is dispatched, so talker "
+        "messages sent during generation land after the reply. false: positions follow "
+        "arrival order.",
+    )
+    max_turns: Annotated[int, Field(ge=1), Number] | None = Field(
+        None, description="End the session after this many bot turns. Unset: no limit."
+    )
+    max_time: Annotated[float, Field(gt=0), Number] | None = Field(
+        None,
+        description="End the session this many seconds after creation. Unset: no limit.",
+    )
+    max_context_tokens: Annotated[int, Field(ge=64), Number] | None = Field(
+        None,
+        description="Context size limit in tokens. Unset: the server's DEFAULT_CONTEXT_LIMIT.",
+    )
+    summarize_context: bool = Field(
+        False,
+        description="true: compact older history into a summary when the context nears its "
+        "limit. false: end the session (reason max_context) when the limit is reached.",
+    )
+    summarize_threshold: Annotated[float, Field(gt=0, lt=1), Number] | None = Field(
+        None,
+        description="Fraction of the context limit at which summarizing starts, between 0 "
+        "and 1. Unset: the server's SUMMARIZE_THRESHOLD.",
+    )
+    summary_tail: Annotated[int, Field(ge=0), Number] | None = Field(
+        None,
+        description="Recent messages kept word for word after a summary. Unset: the server's "
+        "SUMMARY_TAIL_MESSAGES.",
+    )
+    context: ContextMode = Field(
+        "shared",
+        description="shared: every bot sees the whole conversation. scoped: a bot sees only "
+        "its own messages, the message just before each of them, and messages that mention "
+        "its name.",
+    )
+    stream_tokens: bool = Field(
+        False, description="Send a token event for every streamed piece of a bot's reply."
+    )
+    memory: str = Field(
+        "none",
+        repr=False,  # may carry another session's token
+        description="none: no memory. new: this session writes a memory when it ends or "
+        "summarizes. inherit:<token>: start from the memory of the earlier session that "
+        "token opens, and continue its chain.",
+        json_schema_extra={"pattern": MEMORY_PATTERN},
+        examples=["none", "new", "inherit:<token of an earlier session>"],
+    )
+    debug: bool = Field(
+        False, description="Emit debug events (LLM calls, orchestrator, loop states, tokens)."
+    )
+    ttl: Annotated[int, Field(ge=1), Number] | None = Field(
+        None,
+        description="Idle timeout in seconds: with no connected member and no API call for "
+        "this long, the session ends. Unset: the server's SESSION_TTL_DEFAULT.",
+    )
+    replies_per_message: Annotated[int, Number] = Field(
+        1,
+        ge=1,
+        description="reactive mode: how many bot turns follow each batch of talker messages.",
+    )
+    turn_delay: Annotated[float, Number] = Field(
+        0,
+        ge=0,
+        description="collaborative mode: pause in seconds between consecutive bot turns.",
+    )
+
+    @field_validator("memory")
+    @classmethod
+    def _normalize_memory(cls, value: str) -> str:
+        try:
+            mode, token = parse_memory(value)
+        except ValueError as exc:
+            raise PydanticCustomError("memory", str(exc)) from None
+        return f"{MEMORY_INHERIT_PREFIX}{token}" if mode == "inherit" else mode
+
+    @property
+    def memory_mode(self) -> MemoryMode:
+        """`none`, `new` or `inherit`."""
+        return parse_memory(self.memory)[0]
+
+    @property
+    def memory_token(self) -> str | None:
+        """The earlier session's token for `inherit:<token>`, else None. A secret."""
+        return parse_memory(self.memory)[1]
+
+
+class LLMOverride(_SpecModel):
+    """A per-session backend: where this session's LLM calls go instead of the default."""
+
+    base_url: Annotated[str, AfterValidator(_check_url)] | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible backend (ends in /v1). Only hosts in "
+        "the server's ALLOWED_LLM_HOSTS are accepted. Unset: the server's LLM_BASE_URL.",
+        examples=["http://127.0.0.1:8080/v1"],
+        json_schema_extra={"format": "uri"},
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="API key for that backend. Never logged and never returned by the API.",
+    )
+    model: StrippedLabel = Field(
+        None,
+        description="Default model of this session's bots (a bot's own model wins).",
+    )
+    orchestrator_model: StrippedLabel = Field(
+        None,
+        description="Model for orchestrator calls. Unset: the server's DEFAULT_ORCHESTRATOR_MODEL.",
+    )
+
+
+class SessionSpec(_SpecModel):
+    """A whole session spec: the bots, the options and an optional backend override."""
+
+    model_config = ConfigDict(title="Fellowship session spec")
+
+    version: Literal[1] = Field(1, description="Spec format version. Only 1 exists.")
+    name: StrippedLabel = Field(
+        None, description="Label for the session, shown in status and the console."
+    )
+    system_prompt: str = Field(
+        "", description="Global instructions given to every bot, before its own prompt."
+    )
+    bots: list[BotSpec] = Field(
+        min_length=1,
+        description="The bots, in speaking order for round_robin. At least one; at most the "
+        "server's MAX_BOTS_PER_SESSION.",
+    )
+    options: SessionOptions = Field(
+        default_factory=SessionOptions, description="How the session runs; every key optional."
+    )
+    llm: LLMOverride | None = Field(
+        None, description="Send this session's calls to another backend or model."
+    )
+
+    def public_copy(self) -> SessionSpec:
+        """This spec with its secrets removed: no API key, inherited token masked."""
+        options = self.options
+        if options.memory_mode == "inherit":
+            options = options.model_copy(update={"memory": f"{MEMORY_INHERIT_PREFIX}{REDACTED}"})
+        llm = self.llm.model_copy(update={"api_key": None}) if self.llm else None
+        return self.model_copy(update={"options": options, "llm": llm})
+
+    def public_dict(self) -> dict[str, Any]:
+        """The normalized spec as JSON-ready data, safe for API responses."""
+        return self.public_copy().model_dump(mode="json")
+
+    def storage_dict(self) -> dict[str, Any]:
+        """The normalized spec as JSON-ready data *with* its secrets, for the store only.
+
+        `SessionSpec.model_validate` reads it back unchanged.
+        """
+        data = self.model_dump(mode="json")
+        if self.llm is not None and self.llm.api_key is not None:
+            data["llm"]["api_key"] = self.llm.api_key.get_secret_value()
+        return data
