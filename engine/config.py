@@ -47,7 +47,7 @@ class Settings(BaseSettings):
         "default", description="Model name used for orchestrator calls."
     )
     llm_timeout: float = Field(
-        120.0, gt=0, description="Longest time in seconds one whole LLM call may take."
+        120.0, gt=0, description="Longest time in seconds one attempt of an LLM call may take."
     )
     llm_connect_timeout: float = Field(
         10.0, gt=0, description="Seconds allowed to open a connection to the backend."
@@ -78,9 +78,6 @@ class Settings(BaseSettings):
         True,
         description="Ask for usage in streamed replies; turn off for servers that refuse it.",
     )
-    llm_max_stop_sequences: int = Field(
-        0, ge=0, description="Most stop sequences sent per call (0: no cap; OpenAI accepts 4)."
-    )
     llm_max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
         "max_tokens",
         description="Field that carries max_tokens (OpenAI reasoning models need the other).",
@@ -105,6 +102,17 @@ class Settings(BaseSettings):
     )
     summary_tail_messages: int = Field(
         6, ge=0, description="Recent messages kept verbatim after a summary."
+    )
+    summary_max_share: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Largest share of the context limit a summary or a memory may take "
+        "(sent as max_tokens; a longer text is cut).",
+    )
+    orchestrator_tool_choice: Literal["auto", "required"] = Field(
+        "auto",
+        description="tool_choice sent with orchestrator calls (some servers fail 'required').",
     )
     opening_line: str = Field(
         "Let's begin.",
@@ -173,10 +181,27 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         True, description="Log one line per HTTP request (session tokens in paths masked)."
     )
+    console_poll_seconds: float = Field(
+        5.0, gt=0, description="How often the web console refreshes a session's status."
+    )
 
     # --- storage, logs, library ---------------------------------------------------
     database_path: Path = Field(
         Path("data/fellowship.db"), description="SQLite database file (created if missing)."
+    )
+    db_synchronous: Literal["OFF", "NORMAL", "FULL"] = Field(
+        "NORMAL",
+        description="SQLite synchronous mode. With WAL, NORMAL loses no committed write "
+        "when the process crashes; only an OS crash or power loss may lose the last "
+        "ones (FULL prevents that, at the cost of an fsync per write; OFF risks more).",
+    )
+    db_busy_timeout: float = Field(
+        5.0, gt=0, description="Seconds a write waits for a database locked by another process."
+    )
+    db_quick_check: bool = Field(
+        True,
+        description="Run PRAGMA quick_check at start-up and refuse a damaged database "
+        "(reads the whole file once).",
     )
     ended_retention_seconds: int = Field(
         7 * 24 * 3600, ge=0, description="How long ended sessions stay readable."

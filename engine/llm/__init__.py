@@ -1,0 +1,1 @@
+"""Everything that talks to OpenAI-compatible backends lives in this package."""
