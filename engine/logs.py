@@ -116,7 +116,7 @@ def setup_logging(log_dir: Path, level: str = "INFO", *, api_keys: list[str] | N
         root.addHandler(handler)
     root.setLevel(level)
     # The file keeps tracebacks; third-party chatter stays at WARNING.
-    for noisy in ("httpx", "httpcore", "hypercorn.access", "aiosqlite", "asyncio"):
+    for noisy in ("httpx", "httpcore", "hypercorn.access", "aiosqlite", "asyncio", "statemachine"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

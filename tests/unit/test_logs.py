@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def test_a_new_file_each_day(tmp_path: Path) -> None:
     assert (tmp_path / "2026-03-02.log").read_text() == "after midnight\n"
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_session_lines_carry_the_session_id_and_secrets_are_masked(tmp_path: Path) -> None:
     setup_logging(tmp_path, "DEBUG", api_keys=["sk-very-secret-key"])
     token = mint_token("full")

@@ -1,0 +1,98 @@
+"""The conversation history: numbered messages, reserved slots and tombstones.
+
+Positions (`turn`) start at 1 and are unique, gapless and never reused. A bot's
+slot is reserved when its LLM call is dispatched and filled exactly once: with the
+reply, or with a tombstone (`status="failed"`) that keeps its number and is never
+shown to bots.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from engine.llm.types import Usage
+
+MessageKind = Literal["bot", "talker"]
+MessageStatus = Literal["reserved", "complete", "failed"]
+
+
+class Message(BaseModel):
+    """One position of the history."""
+
+    turn: int = Field(ge=1, description="History position, 1-based, gapless.")
+    kind: MessageKind = Field(description="'bot' or 'talker'.")
+    speaker: str = Field(description="Bot name or the talker's display name.")
+    talker_id: str | None = Field(None, description="Stable id of the talker connection.")
+    content: str = Field("", description="Message text (empty while reserved or failed).")
+    status: MessageStatus = Field("complete", description="reserved, complete or failed.")
+    ts: datetime = Field(description="When the position was taken (UTC).")
+    tokens: int = Field(0, ge=0, description="tiktoken count of the content.")
+    usage: Usage | None = Field(None, description="Backend usage for a bot reply, if reported.")
+
+    @property
+    def visible_to_bots(self) -> bool:
+        """Only complete messages ever reach a prompt."""
+        return self.status == "complete"
+
+
+class History:
+    """The ordered positions of one session, with a running token total.
+
+    Append-only, except that a reserved slot is replaced exactly once. The token
+    total covers complete messages and is kept up to date on every change, so the
+    context size is O(1) to read whatever the history length.
+    """
+
+    def __init__(self, messages: list[Message] | None = None) -> None:
+        self._messages: list[Message] = []
+        self.tokens = 0
+        for message in messages or []:
+            self.append(message)
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @property
+    def messages(self) -> list[Message]:
+        """Every position in order (a copy)."""
+        return list(self._messages)
+
+    @property
+    def next_turn(self) -> int:
+        """The position the next appended message takes."""
+        return len(self._messages) + 1
+
+    def get(self, turn: int) -> Message:
+        """The message at position `turn`."""
+        return self._messages[turn - 1]
+
+    def append(self, message: Message) -> Message:
+        """Add a message at the next position (its `turn` must be that position)."""
+        if message.turn != self.next_turn:
+            raise ValueError(f"position {message.turn} is not the next one ({self.next_turn})")
+        self._messages.append(message)
+        if message.visible_to_bots:
+            self.tokens += message.tokens
+        return message
+
+    def fill(self, message: Message) -> Message:
+        """Fill a reserved slot, exactly once, with a reply or a tombstone."""
+        current = self.get(message.turn)
+        if current.status != "reserved":
+            raise ValueError(f"position {message.turn} is not reserved")
+        self._messages[message.turn - 1] = message
+        if message.visible_to_bots:
+            self.tokens += message.tokens
+        return message
+
+    def visible(self, upto: int | None = None) -> list[Message]:
+        """Complete messages among the first `upto` positions (all when None)."""
+        window = self._messages if upto is None else self._messages[:upto]
+        return [m for m in window if m.visible_to_bots]
+
+    def pending_reserved(self) -> list[Message]:
+        """Slots still reserved (at most one while a session runs)."""
+        return [m for m in self._messages if m.status == "reserved"]

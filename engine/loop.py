@@ -1,0 +1,398 @@
+"""The per-session driver: one asyncio task that walks the loop machine.
+
+In every state the driver does the one thing that state is for (decide, run a
+turn, wait for a talker, wait for resume, summarize), then moves the machine on by
+sending it an event; the transitions' callbacks reserve slots, emit events and
+end the session. At most one LLM call is in flight per session. The driver never
+dies of an exception: it logs it, emits `error` and goes on, unless the error is
+unrecoverable (storage failure, or internal errors repeating) — then the session
+ends with reason `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from engine.errors import FellowshipError, InvalidState
+from engine.events import (
+    BaseEvent,
+    BotMessage,
+    ErrorEvent,
+    SessionEnd,
+    SessionPaused,
+    SessionResumed,
+    StateChanged,
+    TalkerMessage,
+    TurnEnd,
+    TurnStart,
+)
+from engine.history import Message
+from engine.hub import CLOSE_SESSION_ENDED
+from engine.machines import LifecycleMachine, LoopMachine
+from engine.rectifier import Slot
+from engine.session import Member, Session
+from engine.speakers import Decision, RoundRobin, SpeakerSelector
+from engine.turns import TurnOutcome, run_turn
+
+Summarizer = Callable[[Session], Awaitable[bool]]
+
+
+class StorageFailure(FellowshipError):
+    """The store refused a write: the session cannot keep its durability promise."""
+
+    code = "storage_error"
+
+
+class SessionLoop:
+    """Drives one session through its machines."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        selector: SpeakerSelector | None = None,
+        summarizer: Summarizer | None = None,
+        on_end: Callable[[Session], Awaitable[None]] | None = None,
+    ) -> None:
+        self.session = session
+        self.selector: SpeakerSelector = selector or RoundRobin()
+        self._summarizer = summarizer
+        self._on_end = on_end
+        self.lifecycle = LifecycleMachine(self)
+        self.machine = LoopMachine(self)
+        options = session.options
+        # Autonomous sessions start at once; the others at the first talker message.
+        self.started = options.participation == "autonomous"
+        self.replies_owed = 0
+        self.unanswered = 0  # talker messages not yet answered by a batch
+        self._signal = asyncio.Event()
+        self._slot: Slot | None = None
+        self._pending_decision: Decision | None = None
+        self._after_bot_turn = False
+        self._task: asyncio.Task[None] | None = None
+        self._errors_in_a_row = 0
+        self.ended = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    # --- task ----------
+    def start(self) -> None:
+        """Start the driver task."""
+        self._task = asyncio.create_task(self._run(), name=f"loop-{self.session.id}")
+
+    async def _run(self) -> None:
+        settings = self.session.deps.settings
+        while self.machine.state != "ended":
+            try:
+                await self._step()
+                self._errors_in_a_row = 0
+            except asyncio.CancelledError:
+                raise
+            except StorageFailure as exc:
+                self.session.log.error("storage failure, ending session: %s", exc.message)
+                await self._finish("error", exc.message)
+            except Exception as exc:
+                self._errors_in_a_row += 1
+                self.session.log.exception("loop error in state %s", self.machine.state)
+                self.session.emit(ErrorEvent(message=f"internal error: {exc}", code="internal"))
+                if self._errors_in_a_row >= settings.loop_max_consecutive_errors:
+                    await self._finish("error", "internal errors repeated")
+                else:
+                    await asyncio.sleep(settings.loop_error_backoff)
+
+    async def _step(self) -> None:
+        state = self.machine.state
+        if state == "idle":
+            await self._decide()
+        elif state == "orchestrating":
+            await self._orchestrate()
+        elif state == "dispatching":
+            await self._run_turn()
+        elif state == "summarizing":
+            await self._summarize()
+        elif state == "awaiting_talker":
+            await self._await_talker()
+        elif state == "paused":
+            await self._await_resume()
+
+    # --- states ----------
+    async def _decide(self) -> None:
+        session, options = self.session, self.session.options
+        if self.lifecycle.state == "paused":
+            self.machine.fire("pause")
+            return
+        reason = self._limit_reached()
+        if reason is not None:
+            await self._finish(reason)
+            return
+        if self._needs_summary():
+            self.machine.fire("summarize")
+            return
+        if not self._owes_turn():
+            self.machine.fire("wait")
+            return
+        if self._after_bot_turn and options.turn_delay > 0:
+            self._after_bot_turn = False
+            await asyncio.sleep(options.turn_delay)
+            return  # decide again: a pause or limit may have come meanwhile
+        if self.selector.deliberates:
+            self.machine.fire("choose")
+            return
+        decision = await self.selector.select(session)
+        await self._apply(decision)
+
+    async def _orchestrate(self) -> None:
+        decision = await self.selector.select(self.session)
+        if self.lifecycle.state == "paused":
+            # The choice is dropped: it is made afresh, on the history as it is, at resume.
+            self.machine.fire("pause")
+            return
+        await self._apply(decision)
+
+    async def _apply(self, decision: Decision) -> None:
+        if decision.action == "end":
+            await self._finish("orchestrator", decision.reason)
+        elif decision.action == "hold":
+            self.machine.fire("hold")
+        else:
+            assert decision.bot is not None
+            await self._dispatch(decision.bot)
+
+    async def _dispatch(self, bot: str) -> None:
+        def place() -> tuple[Message | None, list[BaseEvent]]:
+            self.machine.fire("dispatch", bot=bot)
+            assert self._slot is not None
+            reserved = self.session.history.get(self._slot.turn) if self._slot.turn else None
+            return reserved, [TurnStart(bot=bot, turn=self._slot.turn)]
+
+        await self._record(place)
+
+    async def _run_turn(self) -> None:
+        slot = self._slot
+        assert slot is not None
+        outcome = await run_turn(self.session, slot)
+        await self._settle(slot, outcome)
+        self._after_bot_turn = True
+        self.machine.fire("turn_done")
+
+    async def _settle(self, slot: Slot, outcome: TurnOutcome) -> None:
+        """Fill the slot with the reply or a tombstone, then broadcast it."""
+        session = self.session
+
+        def place() -> tuple[Message | None, list[BaseEvent]]:
+            if outcome.ok:
+                message = session.rectifier.reply(
+                    slot, outcome.content, outcome.tokens, outcome.usage
+                )
+                events: list[BaseEvent] = [
+                    BotMessage(bot=slot.bot, turn=message.turn, content=message.content),
+                    TurnEnd(bot=slot.bot, turn=message.turn, tokens=message.tokens),
+                ]
+            else:
+                assert outcome.error is not None
+                message = session.rectifier.fail(slot)
+                events = [
+                    ErrorEvent(
+                        message=outcome.error.message, code=outcome.error.code, turn=message.turn
+                    ),
+                    TurnEnd(bot=slot.bot, turn=message.turn, tokens=0, status="failed"),
+                ]
+            return message, events
+
+        await self._record(place)
+        self._slot = None
+        if self.replies_owed > 0:
+            self.replies_owed -= 1
+        session.debug(
+            "context_tokens",
+            context_tokens=session.context_tokens,
+            limit=session.context_limit,
+            history_tokens=session.history.tokens,
+        )
+        await session.save(bot_turns=session.record.bot_turns)
+
+    async def _summarize(self) -> None:
+        assert self._summarizer is not None
+        ok = await self._summarizer(self.session)
+        if not ok:
+            await self._finish("max_context", "summarization failed")
+            return
+        self.machine.fire("summarized")
+
+    async def _await_talker(self) -> None:
+        while True:
+            if self.lifecycle.state == "paused":
+                self.machine.fire("pause")
+                return
+            if self.unanswered > 0:
+                self.machine.fire("wake")
+                return
+            await self._wait_signal()
+
+    async def _await_resume(self) -> None:
+        while self.lifecycle.state == "paused":
+            await self._wait_signal()
+        self.machine.fire("resume")
+
+    async def _wait_signal(self) -> None:
+        self._signal.clear()
+        await self._signal.wait()
+
+    # --- rules ----------
+    def _owes_turn(self) -> bool:
+        participation = self.session.options.participation
+        if not self.started:
+            return False
+        if participation == "reactive":
+            return self.replies_owed > 0
+        return True
+
+    def _limit_reached(self) -> str | None:
+        session, options = self.session, self.session.options
+        if options.max_turns is not None and session.record.bot_turns >= options.max_turns:
+            return "max_turns"
+        if options.max_time is not None and session.elapsed >= options.max_time:
+            return "max_time"
+        if not options.summarize_context and session.context_tokens >= session.context_limit:
+            return "max_context"
+        return None
+
+    def _needs_summary(self) -> bool:
+        session, options = self.session, self.session.options
+        if not options.summarize_context or self._summarizer is None:
+            return False
+        threshold = options.summarize_threshold or session.deps.settings.summarize_threshold
+        return session.context_tokens >= threshold * session.context_limit
+
+    # --- machine callbacks (LoopActions) -------------------------------------------------------
+    def on_state(self, machine: str, source: str, target: str, event: str) -> None:
+        session = self.session
+        session.log.debug("%s: %s -> %s (%s)", machine, source, target, event)
+        if machine == "loop":
+            session.loop_state = target
+            self._changed.set()
+        if session.hub.closed:
+            return  # the end was announced by on_finish; nothing may follow session_end
+        if machine == "loop":
+            session.emit(StateChanged(state=target))
+        session.debug("loop", machine=machine, source=source, target=target, event=event)
+
+    def on_dispatch(self, bot: str) -> None:
+        session = self.session
+        self._slot, _ = session.rectifier.dispatch(bot)
+        session.record.bot_turns += 1
+        session.debug("rectification", action="reserve", bot=bot, turn=self._slot.turn)
+
+    def on_wake(self) -> None:
+        # A batch of talker messages is answered by `replies_per_message` bot turns.
+        self.replies_owed = self.session.options.replies_per_message
+        self.unanswered = 0
+
+    def on_finish(self, reason: str, detail: str | None) -> None:
+        session = self.session
+        if self.lifecycle.state != "ended":
+            self.lifecycle.fire("end")
+        session.loop_state = "ended"
+        session.emit(StateChanged(state="ended"))
+        session.emit(SessionEnd.model_validate({"reason": reason, "detail": detail}))
+        session.hub.close(CLOSE_SESSION_ENDED)
+        session.log.info("session ended: %s", reason)
+        self.ended.set()
+
+    async def wait_until(self, predicate: Callable[[SessionLoop], bool]) -> None:
+        """Wait until `predicate(self)` holds; it is checked after every loop state change."""
+        while not predicate(self):
+            self._changed.clear()
+            await self._changed.wait()
+
+    def at_rest(self) -> bool:
+        """Whether the loop is waiting for a talker with nothing left to answer, or ended."""
+        state = self.machine.state
+        return state == "ended" or (state == "awaiting_talker" and self.unanswered == 0)
+
+    # --- commands from clients ----------
+    async def post(self, member: Member, content: str) -> Message:
+        """Place a talker message in history and wake the loop."""
+        session = self.session
+        if self.lifecycle.state == "ended":
+            raise InvalidState("the session has ended", code="session_ended")
+        placed: list[Message] = []
+
+        def place() -> tuple[Message | None, list[BaseEvent]]:
+            tokens = session.deps.counter.count(content)
+            message = session.rectifier.talker(member.name or "Talker", member.id, content, tokens)
+            placed.append(message)
+            if self._slot is not None:
+                session.debug(
+                    "rectification",
+                    action="after_reserved",
+                    reserved=self._slot.turn,
+                    turn=message.turn,
+                )
+            event = TalkerMessage(
+                talker=message.speaker, talker_id=member.id, turn=message.turn, content=content
+            )
+            return message, [event]
+
+        await self._record(place)
+        session.touch()
+        self.started = True
+        self.unanswered += 1
+        self._signal.set()
+        return placed[0]
+
+    def pause(self) -> None:
+        """Stop new LLM calls; a reply being generated is still finished and recorded."""
+        self.lifecycle.fire("pause")
+        self.session.emit(SessionPaused())
+        self._signal.set()
+
+    def resume(self) -> None:
+        """Let the loop go on from where it stopped."""
+        self.lifecycle.fire("resume")
+        self.session.emit(SessionResumed())
+        self._signal.set()
+
+    async def end(self, reason: str, detail: str | None = None) -> None:
+        """End the session now: stop the driver, tombstone a turn in flight, emit session_end."""
+        if self.lifecycle.state == "ended":
+            raise InvalidState("the session has already ended", code="session_ended")
+        self.lifecycle.fire("end")
+        await self._stop_task()
+        if self._slot is not None:
+            slot, self._slot = self._slot, None
+            error = FellowshipError("the session ended during generation", code="cancelled")
+            with contextlib.suppress(StorageFailure):
+                await self._settle(slot, TurnOutcome(error=error))
+        await self._finish(reason, detail)
+
+    async def stop(self) -> None:
+        """Stop the driver without ending the session (server shutdown)."""
+        await self._stop_task()
+
+    async def _stop_task(self) -> None:
+        task = self._task
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _finish(self, reason: str, detail: str | None = None) -> None:
+        if self.machine.state == "ended":
+            return
+        self.machine.fire("finish", reason=reason, detail=detail)
+        session = self.session
+        with contextlib.suppress(Exception):
+            await session.save(state="ended", ended_at=session.now(), end_reason=reason)
+        if self._on_end is not None:
+            await self._on_end(session)
+
+    async def _record(self, place: Callable[[], tuple[Message | None, list[BaseEvent]]]) -> None:
+        try:
+            await self.session.commit(place)
+        except FellowshipError:
+            raise
+        except Exception as exc:
+            raise StorageFailure(f"could not store the history: {exc}") from exc

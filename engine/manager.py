@@ -1,0 +1,333 @@
+"""The engine's public face: the one object the server, the CLI and tests use.
+
+`SessionManager` creates sessions from validated specs, opens them by token,
+and carries out every client action (status, history, pause, resume, end,
+connect, talk). It also runs housekeeping: time limits, idle timeouts and the
+retention of ended sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from engine.auth import Access, hashes_match, mint_token, token_hash
+from engine.clock import Clock, SystemClock
+from engine.config import Settings
+from engine.errors import BadRequest, FellowshipError, Forbidden, NotFound, TooMany
+from engine.events import MemberRole
+from engine.history import Message
+from engine.hub import CLOSE_SHUTDOWN
+from engine.llm.client import Backend, LLMClient
+from engine.loop import SessionLoop
+from engine.session import EngineDeps, Member, Session
+from engine.spec.loader import InvalidSpec, SpecIssue
+from engine.spec.models import SessionSpec
+from engine.status import LimitReport, MemberCounts, SessionStatus, TokenReport
+from engine.store.base import SessionRecord, Store
+from engine.store.memory import MemoryStore
+from engine.tokens import get_counter
+
+log = logging.getLogger("fellowship.manager")
+
+SESSION_ID_BYTES = 9
+
+
+class CreatedSession(BaseModel):
+    """What creating a session returns (the only time the tokens are shown)."""
+
+    id: str = Field(description="Public session id (not secret; used in logs and events).")
+    token: str = Field(description="Full-control token. Keep it secret.")
+    observer_token: str = Field(description="Read-only token: observe, stream, status, history.")
+    spec: dict[str, object] = Field(description="The normalized spec, secrets removed.")
+    warnings: list[str] = Field(description="Unknown keys and options not implemented yet.")
+
+
+def _refuse(path: str, message: str) -> InvalidSpec:
+    """A spec that validated on its own but cannot run here (e.g. a backend not allowed)."""
+    return InvalidSpec([SpecIssue(path=path, message=message)])
+
+
+@dataclass(slots=True)
+class Handle:
+    """An opened session and the access level of the token that opened it."""
+
+    session: Session
+    loop: SessionLoop
+    access: Access
+
+
+class SessionManager:
+    """Creates, finds and drives sessions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        llm: LLMClient | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.deps = EngineDeps(
+            settings=settings,
+            llm=llm or LLMClient(settings),
+            store=store or MemoryStore(),
+            clock=clock or SystemClock(),
+            counter=get_counter(settings.tokenizer),
+        )
+        self._loops: dict[str, SessionLoop] = {}
+        self._by_hash: dict[str, tuple[str, Access]] = {}
+        self._housekeeper: asyncio.Task[None] | None = None
+
+    # --- lifecycle of the manager ----------
+    async def start(self) -> None:
+        """Open the store and start housekeeping."""
+        await self.deps.store.open()
+        self._housekeeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
+
+    async def close(self) -> None:
+        """Stop every loop at once, close members' streams, release the store and backends."""
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeper
+        loops = [loop for loop in self._loops.values() if loop.machine.state != "ended"]
+        await asyncio.gather(*(loop.stop() for loop in loops), return_exceptions=True)
+        for loop in loops:
+            loop.session.hub.close(CLOSE_SHUTDOWN)
+        await self.deps.llm.aclose()
+        await self.deps.store.close()
+
+    # --- create and open ----------
+    async def create(self, spec: SessionSpec, warnings: list[str] | None = None) -> CreatedSession:
+        """Create a session from a validated spec and start it."""
+        if self.live_sessions() >= self.settings.max_sessions:
+            raise TooMany(
+                "too many sessions are running; try again later", code="too_many_sessions"
+            )
+        backend = self._backend_for(spec)
+        memory = await self._inherited_memory(spec)
+        token, observer_token = mint_token("full"), mint_token("observer")
+        record = SessionRecord(
+            id=secrets.token_hex(SESSION_ID_BYTES),
+            name=spec.name,
+            spec_json=spec.model_dump_json(),
+            full_token_hash=token_hash(token),
+            observer_token_hash=token_hash(observer_token),
+            created_at=self.deps.clock.now(),
+            warnings=list(warnings or []),
+        )
+        session = Session(record=record, spec=spec, deps=self.deps, backend=backend, memory=memory)
+        await session.save()
+        loop = self._adopt(session)
+        loop.start()
+        session.log.info(
+            "session created: %d bots, %s, %s",
+            len(spec.bots),
+            spec.options.participation,
+            spec.options.turn_order,
+        )
+        return CreatedSession(
+            id=record.id,
+            token=token,
+            observer_token=observer_token,
+            spec=spec.public_dict(),
+            warnings=record.warnings,
+        )
+
+    def _adopt(self, session: Session) -> SessionLoop:
+        loop = SessionLoop(session, on_end=self._session_ended)
+        self._loops[session.id] = loop
+        self._by_hash[session.record.full_token_hash] = (session.id, "full")
+        self._by_hash[session.record.observer_token_hash] = (session.id, "observer")
+        return loop
+
+    def _backend_for(self, spec: SessionSpec) -> Backend:
+        llm = spec.llm
+        try:
+            return self.deps.llm.resolve_backend(
+                llm.base_url if llm else None, llm.api_key if llm else None
+            )
+        except FellowshipError as exc:
+            raise _refuse("llm.base_url", exc.message) from None
+
+    async def _inherited_memory(self, spec: SessionSpec) -> str | None:
+        token = spec.options.memory_token
+        if spec.options.memory_mode != "inherit" or token is None:
+            return None
+        found = await self.deps.store.find_by_token_hash(token_hash(token))
+        if found is None:
+            raise _refuse("options.memory", "no session has that token")
+        record, full = found
+        if not full:
+            raise _refuse(
+                "options.memory", "inheriting memory needs the earlier session's full token"
+            )
+        return await self.deps.store.load_memory(record.id)
+
+    def open(self, token: str) -> Handle:
+        """The session a token opens. Unknown tokens and unknown sessions look the same."""
+        digest = token_hash(token)
+        entry = self._by_hash.get(digest)
+        loop = self._loops.get(entry[0]) if entry else None
+        if entry is None or loop is None:
+            raise NotFound("no session for this token")
+        _, access = entry
+        stored = (
+            loop.session.record.full_token_hash
+            if access == "full"
+            else loop.session.record.observer_token_hash
+        )
+        if not hashes_match(stored, digest):
+            raise NotFound("no session for this token")
+        return Handle(loop.session, loop, access)
+
+    @staticmethod
+    def require_full(handle: Handle) -> None:
+        """Refuse control actions to the read-only observer token."""
+        if handle.access != "full":
+            raise Forbidden("the observer token can only observe", code="observer_token")
+
+    # --- reads ----------
+    def status(self, handle: Handle) -> SessionStatus:
+        """State, counters, members, usage and warnings."""
+        session, loop = handle.session, handle.loop
+        handle.session.touch()
+        options, record = session.options, session.record
+        return SessionStatus(
+            id=session.id,
+            name=record.name,
+            state=loop.lifecycle.state,
+            loop_state=loop.machine.state,
+            participation=options.participation,
+            turn_order=options.turn_order,
+            created_at=record.created_at,
+            ended_at=record.ended_at,
+            end_reason=record.end_reason,
+            bot_turns=record.bot_turns,
+            messages=len(session.history),
+            last_seq=session.hub.last_seq,
+            members=MemberCounts(
+                talkers=[m.name or "" for m in session.members.values() if m.role == "talker"],
+                observers=sum(1 for m in session.members.values() if m.role == "observer"),
+            ),
+            tokens=TokenReport(
+                context=session.context_tokens,
+                limit=session.context_limit,
+                history=session.history.tokens,
+                backend_prompt=session.usage.prompt_tokens,
+                backend_completion=session.usage.completion_tokens,
+                by_bot=session.usage.by_bot,
+            ),
+            limits=LimitReport(
+                max_turns=options.max_turns,
+                max_time=options.max_time,
+                max_context_tokens=session.context_limit,
+                ttl=session.ttl,
+            ),
+            warnings=record.warnings,
+        )
+
+    def history(self, handle: Handle) -> list[Message]:
+        """Every history position, reserved slots and tombstones included."""
+        handle.session.touch()
+        return handle.session.history.messages
+
+    # --- control ----------
+    async def pause(self, handle: Handle) -> None:
+        """Pause the loop (409 unless active)."""
+        self.require_full(handle)
+        handle.session.touch()
+        handle.loop.pause()
+        await handle.session.save(state="paused")
+
+    async def resume(self, handle: Handle) -> None:
+        """Resume the loop (409 unless paused)."""
+        self.require_full(handle)
+        handle.session.touch()
+        handle.loop.resume()
+        await handle.session.save(state="active")
+
+    async def end(self, handle: Handle) -> None:
+        """End the session at the client's request (409 if already ended)."""
+        self.require_full(handle)
+        await handle.loop.end("client_request")
+
+    # --- members ----------
+    def connect(
+        self, handle: Handle, role: MemberRole, name: str | None, since: int | None
+    ) -> Member:
+        """Connect a talker or observer; its stream starts with history or the missed events."""
+        if role == "talker":
+            self.require_full(handle)
+            if not name or not name.strip():
+                raise BadRequest("a talker needs a display name (?name=...)", code="name_required")
+            name = name.strip()
+            if len(name) > self.settings.max_name_chars:
+                raise BadRequest("display name too long", code="name_too_long")
+        return handle.session.join(role, name, since)
+
+    async def post(self, handle: Handle, member: Member, content: str) -> Message:
+        """A talker's message: validated, placed in history, broadcast, and the loop woken."""
+        if member.role != "talker":
+            raise Forbidden("observers cannot send messages", code="observer_cannot_talk")
+        if not content.strip():
+            raise BadRequest("empty message", code="empty_message")
+        if len(content) > self.settings.max_message_chars:
+            raise BadRequest(
+                f"message longer than {self.settings.max_message_chars} characters",
+                code="message_too_long",
+            )
+        return await handle.loop.post(member, content)
+
+    @staticmethod
+    def disconnect(handle: Handle, member: Member) -> None:
+        """A member went away."""
+        handle.session.leave(member)
+
+    # --- housekeeping ----------
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.housekeeping_interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    async def sweep(self) -> None:
+        """End sessions past `max_time` or idle past their ttl; forget expired ended ones."""
+        now = self.deps.clock.monotonic()
+        for loop in list(self._loops.values()):
+            session = loop.session
+            if loop.lifecycle.state == "ended":
+                if (
+                    session.record.ended_at is not None
+                    and (self.deps.clock.now() - session.record.ended_at).total_seconds()
+                    >= self.settings.ended_retention_seconds
+                ):
+                    self._forget(session)
+                continue
+            max_time = session.options.max_time
+            if max_time is not None and session.elapsed >= max_time:
+                await loop.end("max_time")
+            elif not session.members and now - session.last_activity >= session.ttl:
+                await loop.end("idle_timeout")
+
+    def _forget(self, session: Session) -> None:
+        self._loops.pop(session.id, None)
+        self._by_hash.pop(session.record.full_token_hash, None)
+        self._by_hash.pop(session.record.observer_token_hash, None)
+
+    async def _session_ended(self, session: Session) -> None:
+        # Members are gone with the stream; the session stays readable until retention passes.
+        session.members.clear()
+
+    def live_sessions(self) -> int:
+        """Sessions not ended."""
+        return sum(1 for loop in self._loops.values() if loop.machine.state != "ended")

@@ -1,0 +1,276 @@
+"""One conversation: its spec, history, members, events and counters.
+
+`Session` holds the state; `SessionLoop` (engine/loop.py) drives it. Every history
+change goes through `record`, which assigns the position, commits it to the store
+and only then broadcasts it, all under one lock, so positions, commits and event
+order always agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from engine.clock import Clock
+from engine.config import Settings
+from engine.errors import BadRequest, TooMany
+from engine.events import (
+    BaseEvent,
+    DebugCategory,
+    DebugEvent,
+    HistoryEvent,
+    MemberJoined,
+    MemberLeft,
+    MemberRole,
+)
+from engine.history import History, Message
+from engine.hub import CLOSE_LEFT, EventHub, Subscription
+from engine.llm.client import Backend, LLMClient
+from engine.llm.types import Usage
+from engine.logs import SessionLogger, session_logger
+from engine.prompts import PromptParts, system_prompt
+from engine.rectifier import Rectifier
+from engine.spec.models import BotSpec, SessionSpec
+from engine.store.base import SessionRecord, Store
+from engine.tokens import TokenCounter
+
+MEMBER_ID_BYTES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class EngineDeps:
+    """What every session needs from the outside world, passed as one object."""
+
+    settings: Settings
+    llm: LLMClient
+    store: Store
+    clock: Clock
+    counter: TokenCounter
+
+
+@dataclass(slots=True)
+class Member:
+    """A connected human (or program): a talker or an observer."""
+
+    id: str
+    role: MemberRole
+    name: str | None
+    subscription: Subscription
+
+
+@dataclass(slots=True)
+class UsageTotals:
+    """Backend-reported usage, overall and per bot."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    by_bot: dict[str, Usage] = field(default_factory=dict)
+
+    def add(self, bot: str, usage: Usage) -> None:
+        """Count one call's usage."""
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        mine = self.by_bot.setdefault(bot, Usage())
+        mine.prompt_tokens += usage.prompt_tokens
+        mine.completion_tokens += usage.completion_tokens
+        mine.total_tokens += usage.total_tokens
+
+
+class Session:
+    """State of one conversation (no driving logic: see `SessionLoop`)."""
+
+    def __init__(
+        self,
+        *,
+        record: SessionRecord,
+        spec: SessionSpec,
+        deps: EngineDeps,
+        backend: Backend,
+        history: History | None = None,
+        memory: str | None = None,
+    ) -> None:
+        self.record = record
+        self.id = record.id
+        self.spec = spec
+        self.options = spec.options
+        self.deps = deps
+        self.backend = backend
+        self.memory = memory
+        self.summary: str | None = None
+        self.summary_upto = 0
+        self.summarized_tokens = 0  # history tokens folded into the summary
+        self.history = history or History()
+        self.rectifier = Rectifier(
+            self.history, enabled=spec.options.rectify_history, now=deps.clock.now
+        )
+        self.hub = EventHub(
+            buffer_size=deps.settings.event_buffer_size,
+            member_queue_size=deps.settings.member_queue_size,
+            clock=deps.clock.now,
+            first_seq=record.last_seq,
+        )
+        self.log: SessionLogger = session_logger("fellowship.session", self.id)
+        self.members: dict[str, Member] = {}
+        self.usage = UsageTotals()
+        self.started_monotonic = deps.clock.monotonic()
+        self.last_activity = self.started_monotonic
+        self.debug_enabled = deps.settings.debug or spec.options.debug
+        self.loop_state = "idle"
+        self._lock = asyncio.Lock()
+        self._system_tokens = max(
+            (deps.counter.count(self.system_text(bot)) for bot in spec.bots), default=0
+        )
+        self._extra_tokens = 0
+        self.refresh_extra_tokens()
+
+    # --- bots and names ----------
+    def bot(self, name: str) -> BotSpec:
+        """The bot called `name` (exact spec spelling)."""
+        return next(b for b in self.spec.bots if b.name == name)
+
+    @property
+    def bot_names(self) -> list[str]:
+        """Bot names in spec order."""
+        return [b.name for b in self.spec.bots]
+
+    def participant_names(self) -> list[str]:
+        """Everyone who may appear in the conversation: bots, then talkers seen so far."""
+        names = self.bot_names
+        seen = {n.casefold() for n in names}
+        for member in self.members.values():
+            if member.role == "talker" and member.name and member.name.casefold() not in seen:
+                names.append(member.name)
+                seen.add(member.name.casefold())
+        return names
+
+    def system_text(self, bot: BotSpec) -> str:
+        """The system message of `bot` without memory and summary (counted apart)."""
+        return system_prompt(
+            PromptParts(
+                bot_name=bot.name,
+                bot_system_prompt=bot.system_prompt,
+                bot_role=bot.role,
+                global_system_prompt=self.spec.system_prompt,
+            )
+        )
+
+    # --- tokens ----------
+    def refresh_extra_tokens(self) -> None:
+        """Recount memory and summary tokens (they change rarely)."""
+        self._extra_tokens = sum(
+            self.deps.counter.count(text) for text in (self.memory, self.summary) if text
+        )
+
+    @property
+    def context_tokens(self) -> int:
+        """History (since the last summary) + largest system prompt + memory and summary."""
+        return (
+            self.history.tokens
+            - self.summarized_tokens
+            + self._system_tokens
+            + (self._extra_tokens)
+        )
+
+    @property
+    def context_limit(self) -> int:
+        """The session's context token limit."""
+        return self.options.max_context_tokens or self.deps.settings.default_context_limit
+
+    # --- time ----------
+    def touch(self) -> None:
+        """Note client activity (idle timeout)."""
+        self.last_activity = self.deps.clock.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the session started."""
+        return self.deps.clock.monotonic() - self.started_monotonic
+
+    @property
+    def ttl(self) -> int:
+        """Idle timeout in seconds."""
+        return self.options.ttl or self.deps.settings.session_ttl_default
+
+    # --- events ----------
+    def emit(self, event: BaseEvent) -> None:
+        """Broadcast an event that changes no history."""
+        self.hub.publish(event)
+
+    def debug(self, category: DebugCategory, **data: Any) -> None:
+        """Broadcast a debug event when debug is on for this session."""
+        if self.debug_enabled:
+            self.hub.publish(DebugEvent(category=category, data=data))
+
+    def snapshot(self) -> HistoryEvent:
+        """The `history` event a new member starts with."""
+        return HistoryEvent(messages=self.history.messages, state=self.loop_state)
+
+    async def commit(self, place: Callable[[], tuple[Message | None, list[BaseEvent]]]) -> None:
+        """Assign a position, commit it, then broadcast — atomically with respect to others.
+
+        `place` runs under the session lock, changes the in-memory history and
+        returns the message to commit (if any) and the events to broadcast after.
+        """
+        async with self._lock:
+            message, events = place()
+            if message is not None:
+                await self.deps.store.save_message(self.id, message)
+            for event in events:
+                self.hub.publish(event)
+
+    # --- members ----------
+    @property
+    def talker_count(self) -> int:
+        """Talkers connected now."""
+        return sum(1 for m in self.members.values() if m.role == "talker")
+
+    def join(self, role: MemberRole, name: str | None, since: int | None) -> Member:
+        """Connect a member; talkers are refused when the mode or `max_talkers` forbids."""
+        if role == "talker":
+            if self.options.participation == "autonomous":
+                raise BadRequest(
+                    "this session is autonomous: bots only, connect as an observer",
+                    code="talkers_not_allowed",
+                )
+            if self.talker_count >= self.options.max_talkers:
+                raise TooMany(
+                    f"this session already has its {self.options.max_talkers} talker(s)",
+                    code="too_many_talkers",
+                )
+        member = Member(
+            id=secrets.token_hex(MEMBER_ID_BYTES),
+            role=role,
+            name=name,
+            subscription=self.hub.subscribe(self.snapshot, since),
+        )
+        self.touch()
+        if self.hub.closed:
+            return member  # an ended session: history (or replay) only, then the stream ends
+        self.members[member.id] = member
+        self.emit(MemberJoined(role=role, name=name))
+        self.log.info("%s joined (%s)", role, name or "anonymous")
+        return member
+
+    def leave(self, member: Member) -> None:
+        """Disconnect a member (idempotent)."""
+        if self.members.pop(member.id, None) is None:
+            return
+        member.subscription.close(CLOSE_LEFT, drain=False)
+        self.touch()
+        if not self.hub.closed:
+            self.emit(MemberLeft(role=member.role, name=member.name))
+        self.log.info("%s left (%s)", member.role, member.name or "anonymous")
+
+    # --- persistence ----------
+    async def save(self, **changes: Any) -> None:
+        """Persist the session row with `changes` applied."""
+        self.record = self.record.model_copy(update={**changes, "last_seq": self.hub.last_seq})
+        await self.deps.store.save_session(self.record)
+
+    def now(self) -> datetime:
+        """Current UTC time from the injected clock."""
+        return self.deps.clock.now()
