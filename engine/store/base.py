@@ -1,0 +1,188 @@
+"""The storage interface the engine writes through.
+
+Everything that must survive a restart goes through a `Store`: sessions (spec,
+token hashes, state, counters), every history position, summaries and memory.
+A later version can put PostgreSQL behind the same interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from engine.errors import FellowshipError
+from engine.history import Message
+
+StorageProblem = Literal[
+    "read_only",
+    "disk_full",
+    "not_a_database",
+    "corrupt",
+    "cannot_open",
+    "locked",
+    "io",
+    "schema_too_new",
+    "unknown_schema",
+    "unknown_session",
+    "closed",
+    "other",
+]
+
+
+class StorageError(FellowshipError):
+    """The store could not read or write: the durability promise cannot be kept.
+
+    `problem` says what kind of failure it was (for tests, logs and the
+    operator); the message says what happened and where, in plain words.
+    """
+
+    code = "storage_error"
+
+    def __init__(self, message: str, *, problem: StorageProblem = "other") -> None:
+        super().__init__(message)
+        self.problem: StorageProblem = problem
+
+
+class SessionRecord(BaseModel):
+    """A session's stored row. `spec_json` holds secrets and is never returned by the API."""
+
+    id: str = Field(description="Public session id.")
+    name: str | None = Field(None, description="The spec's label.")
+    # repr=False: a record logged or printed by mistake must not carry the spec's secrets.
+    spec_json: str = Field(repr=False, description="The full validated spec, as JSON.")
+    full_token_hash: str = Field(description="SHA-256 of the full-control token.")
+    observer_token_hash: str = Field(description="SHA-256 of the observer token.")
+    state: str = Field("active", description="Lifecycle state.")
+    created_at: datetime = Field(description="Creation time (UTC).")
+    ended_at: datetime | None = Field(None, description="When it ended, if it did.")
+    end_reason: str | None = Field(None, description="Why it ended, if it did.")
+    warnings: list[str] = Field(default_factory=list, description="Spec warnings at creation.")
+    bot_turns: int = Field(0, description="Bot turns dispatched so far.")
+    last_seq: int = Field(0, description="Last event seq published.")
+
+
+class EventRecord(BaseModel):
+    """One published event frame, kept so members can replay it after a restart."""
+
+    seq: int = Field(ge=1, description="The event's sequence number in its session.")
+    type: str = Field(description="Event type (the SSE event name).")
+    data: str = Field(description="The serialized event, exactly as sent.")
+
+
+class StoredSession(BaseModel):
+    """Everything stored for one session, as loaded in bulk at start-up."""
+
+    record: SessionRecord = Field(description="The session row.")
+    messages: list[Message] = Field(default_factory=list, description="History, in order.")
+    summary: tuple[int, str] | None = Field(
+        None, description="Latest summary: (position it covers up to, text)."
+    )
+    memory: str | None = Field(None, description="Memory the session left, if any.")
+
+
+def unknown_session(session_id: str, where: str) -> StorageError:
+    """The error every store raises when writing for a session it does not hold."""
+    return StorageError(
+        f"storage error on {where}: session {session_id} is not stored, its data cannot be saved",
+        problem="unknown_session",
+    )
+
+
+class Store(ABC):
+    """Persistence for sessions, history, summaries and memory."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the store (connect, migrate)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    @abstractmethod
+    async def save_session(self, record: SessionRecord) -> None:
+        """Insert or update a session row (an update keeps everything stored for it)."""
+
+    @abstractmethod
+    async def load_sessions(self, *, include_ended: bool) -> list[SessionRecord]:
+        """Every stored session in the order first saved (the ended ones only when asked)."""
+
+    @abstractmethod
+    async def find_by_token_hash(self, digest: str) -> tuple[SessionRecord, bool] | None:
+        """The session a token opens and whether it is the full-control token."""
+
+    @abstractmethod
+    async def delete_session(self, session_id: str) -> None:
+        """Forget a session and everything stored for it."""
+
+    @abstractmethod
+    async def save_message(self, session_id: str, message: Message) -> None:
+        """Insert or replace one history position; durable when it returns.
+
+        Raises `StorageError` (problem `unknown_session`) if the session is not stored.
+        """
+
+    @abstractmethod
+    async def load_messages(self, session_id: str) -> list[Message]:
+        """Every history position of a session, in order."""
+
+    @abstractmethod
+    async def save_summary(self, session_id: str, upto_turn: int, text: str) -> None:
+        """Record a summary covering positions up to `upto_turn`."""
+
+    @abstractmethod
+    async def load_summary(self, session_id: str) -> tuple[int, str] | None:
+        """The latest summary and the position it covers up to."""
+
+    @abstractmethod
+    async def save_memory(self, session_id: str, text: str) -> None:
+        """Store the memory a session leaves for its successors."""
+
+    @abstractmethod
+    async def load_memory(self, session_id: str) -> str | None:
+        """The memory a session left, if any."""
+
+    @abstractmethod
+    async def save_events(
+        self, session_id: str, events: Sequence[EventRecord], *, keep_last: int | None = None
+    ) -> None:
+        """Store published events (insert or replace by seq), in one write.
+
+        With `keep_last`, only that many most recent events of the session are kept.
+        """
+
+    @abstractmethod
+    async def load_events(self, session_id: str, *, after_seq: int = 0) -> list[EventRecord]:
+        """The stored events of a session with seq greater than `after_seq`, in order."""
+
+    async def load_all(self, *, include_ended: bool) -> list[StoredSession]:
+        """Every stored session with its history, summary and memory (start-up).
+
+        Same order as `load_sessions`. Stores with a real database override this
+        to read each table once rather than once per session.
+        """
+        return [
+            StoredSession(
+                record=record,
+                messages=await self.load_messages(record.id),
+                summary=await self.load_summary(record.id),
+                memory=await self.load_memory(record.id),
+            )
+            for record in await self.load_sessions(include_ended=include_ended)
+        ]
+
+    async def expire_ended(self, before: datetime) -> list[str]:
+        """Delete the sessions that ended before `before`, with all their data.
+
+        Returns the ids deleted. Sessions still running are never touched.
+        """
+        expired = [
+            record.id
+            for record in await self.load_sessions(include_ended=True)
+            if record.state == "ended" and record.ended_at is not None and record.ended_at < before
+        ]
+        for session_id in expired:
+            await self.delete_session(session_id)
+        return expired
