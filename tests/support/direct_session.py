@@ -1,0 +1,65 @@
+"""Sessions built without a loop, for tests that call the orchestrator, summarizer or memory
+writer directly against the real LLM client and the mock backend."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+from engine.events import BaseEvent, parse_event
+from engine.history import History, Message
+from engine.hub import Subscription
+from engine.manager import SessionManager
+from engine.session import Session
+from engine.spec.models import SessionSpec
+from engine.store.base import SessionRecord
+
+
+async def bare_session(
+    manager: SessionManager,
+    spec: SessionSpec,
+    lines: Sequence[tuple[str, str]] = (),
+    *,
+    memory: str | None = None,
+) -> Session:
+    """A stored session over `lines` (`(speaker, text)`; bots by name, anyone else a talker)."""
+    deps = manager.deps
+    bots = {bot.name for bot in spec.bots}
+    messages = [
+        Message(
+            turn=turn,
+            kind="bot" if speaker in bots else "talker",
+            speaker=speaker,
+            content=text,
+            ts=deps.clock.now(),
+            tokens=deps.counter.count(text),
+        )
+        for turn, (speaker, text) in enumerate(lines, start=1)
+    ]
+    record = SessionRecord(
+        id=f"direct-{secrets.token_hex(4)}",
+        spec_json=spec.model_dump_json(),
+        full_token_hash="full",
+        observer_token_hash="observer",
+        created_at=deps.clock.now(),
+    )
+    session = Session(
+        record=record,
+        spec=spec,
+        deps=deps,
+        backend=deps.llm.resolve_backend(None, None),
+        history=History(messages),
+        memory=memory,
+    )
+    await session.save()
+    return session
+
+
+async def drain(subscription: Subscription) -> list[BaseEvent]:
+    """Every event already queued for `subscription`, parsed (never waits for more)."""
+    events: list[BaseEvent] = []
+    while subscription.pending:
+        frame = await subscription.next_frame()
+        assert frame is not None
+        events.append(parse_event(frame.data))
+    return events
