@@ -150,6 +150,18 @@ class EventHub:
             self._members[sub.member_id] = sub
         return sub
 
+    def buffered_after(self, seq: int) -> list[Frame]:
+        """Buffered frames with a seq above `seq` (what persistence has not stored yet)."""
+        if not self._buffer or self._buffer[-1].seq <= seq:
+            return []
+        start = max(0, seq + 1 - self._buffer[0].seq)
+        return list(itertools.islice(self._buffer, start, None))
+
+    def preload(self, frames: list[Frame]) -> None:
+        """Refill the replay buffer with stored frames (after a restart)."""
+        for frame in frames:
+            self._buffer.append(frame)
+
     def _replay_after(self, since: int | None) -> list[Frame] | None:
         if since is None or since < 0 or since > self.last_seq:
             return None
@@ -157,7 +169,7 @@ class EventHub:
             return []
         if not self._buffer or self._buffer[0].seq > since + 1:
             return None
-        return [frame for frame in self._buffer if frame.seq > since]
+        return self.buffered_after(since)
 
     def discard(self, sub: Subscription) -> None:
         """Forget a member (called when its subscription closes)."""

@@ -34,15 +34,14 @@ from engine.machines import LifecycleMachine, LoopMachine
 from engine.rectifier import Slot
 from engine.session import Member, Session
 from engine.speakers import Decision, RoundRobin, SpeakerSelector
+from engine.store.base import StorageError
 from engine.turns import TurnOutcome, run_turn
 
 Summarizer = Callable[[Session], Awaitable[bool]]
 
 
-class StorageFailure(FellowshipError):
-    """The store refused a write: the session cannot keep its durability promise."""
-
-    code = "storage_error"
+class StorageFailure(StorageError):
+    """A write failed for a reason the store did not classify (still unrecoverable)."""
 
 
 class SessionLoop:
@@ -55,13 +54,16 @@ class SessionLoop:
         selector: SpeakerSelector | None = None,
         summarizer: Summarizer | None = None,
         on_end: Callable[[Session], Awaitable[None]] | None = None,
+        restored: str | None = None,
     ) -> None:
         self.session = session
         self.selector: SpeakerSelector = selector or RoundRobin()
         self._summarizer = summarizer
         self._on_end = on_end
-        self.lifecycle = LifecycleMachine(self)
-        self.machine = LoopMachine(self)
+        # A session restored from the store starts where it was left: paused or ended.
+        self.lifecycle = LifecycleMachine(self, start=restored)
+        self.machine = LoopMachine(self, start=restored)
+        session.loop_state = self.machine.state
         options = session.options
         # Autonomous sessions start at once; the others at the first talker message.
         self.started = options.participation == "autonomous"
@@ -89,7 +91,7 @@ class SessionLoop:
                 self._errors_in_a_row = 0
             except asyncio.CancelledError:
                 raise
-            except StorageFailure as exc:
+            except StorageError as exc:
                 self.session.log.error("storage failure, ending session: %s", exc.message)
                 await self._finish("error", exc.message)
             except Exception as exc:
@@ -143,11 +145,15 @@ class SessionLoop:
         await self._apply(decision)
 
     async def _orchestrate(self) -> None:
+        seen = self.unanswered
         decision = await self.selector.select(self.session)
         if self.lifecycle.state == "paused":
             # The choice is dropped: it is made afresh, on the history as it is, at resume.
             self.machine.fire("pause")
             return
+        if decision.action == "hold":
+            # Messages the orchestrator already saw do not end its hold; only newer ones do.
+            self.unanswered -= seen
         await self._apply(decision)
 
     async def _apply(self, decision: Decision) -> None:
@@ -363,7 +369,7 @@ class SessionLoop:
         if self._slot is not None:
             slot, self._slot = self._slot, None
             error = FellowshipError("the session ended during generation", code="cancelled")
-            with contextlib.suppress(StorageFailure):
+            with contextlib.suppress(StorageError):
                 await self._settle(slot, TurnOutcome(error=error))
         await self._finish(reason, detail)
 
@@ -395,4 +401,4 @@ class SessionLoop:
         except FellowshipError:
             raise
         except Exception as exc:
-            raise StorageFailure(f"could not store the history: {exc}") from exc
+            raise StorageFailure(f"could not store the history: {exc}", problem="other") from exc

@@ -84,8 +84,8 @@ class LifecycleMachine(_GuardedMachine):
     resume = paused.to(active)
     end = active.to(ended) | paused.to(ended)
 
-    def __init__(self, actions: LoopActions) -> None:
-        super().__init__(listeners=[_StateListener(actions, "lifecycle")])
+    def __init__(self, actions: LoopActions, *, start: str | None = None) -> None:
+        super().__init__(listeners=[_StateListener(actions, "lifecycle")], start_value=start)
 
 
 class LoopMachine(_GuardedMachine):
@@ -124,9 +124,9 @@ class LoopMachine(_GuardedMachine):
         | paused.to(ended)
     )
 
-    def __init__(self, actions: LoopActions) -> None:
+    def __init__(self, actions: LoopActions, *, start: str | None = None) -> None:
         self._actions = actions
-        super().__init__(listeners=[_StateListener(actions, "loop")])
+        super().__init__(listeners=[_StateListener(actions, "loop")], start_value=start)
 
     def on_dispatch(self, bot: str) -> None:
         self._actions.on_dispatch(bot)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from pydantic import BaseModel, Field
 
@@ -20,17 +22,20 @@ from engine.auth import Access, hashes_match, mint_token, token_hash
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
 from engine.errors import BadRequest, FellowshipError, Forbidden, NotFound, TooMany
-from engine.events import MemberRole
-from engine.history import Message
-from engine.hub import CLOSE_SHUTDOWN
+from engine.events import ErrorEvent, MemberRole, SessionPaused
+from engine.history import History, Message
+from engine.hub import CLOSE_SHUTDOWN, Frame
 from engine.llm.client import Backend, LLMClient
 from engine.loop import SessionLoop
+from engine.memory import write_memory
+from engine.orchestrator import Orchestrator
 from engine.session import EngineDeps, Member, Session
 from engine.spec.loader import InvalidSpec, SpecIssue
-from engine.spec.models import SessionSpec
+from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SessionSpec
 from engine.status import LimitReport, MemberCounts, SessionStatus, TokenReport
-from engine.store.base import SessionRecord, Store
+from engine.store.base import SessionRecord, Store, StoredSession
 from engine.store.memory import MemoryStore
+from engine.summarizer import restore_summary, summarize
 from engine.tokens import get_counter
 
 log = logging.getLogger("fellowship.manager")
@@ -84,12 +89,76 @@ class SessionManager:
         self._loops: dict[str, SessionLoop] = {}
         self._by_hash: dict[str, tuple[str, Access]] = {}
         self._housekeeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- lifecycle of the manager ----------
     async def start(self) -> None:
-        """Open the store and start housekeeping."""
+        """Open the store, bring back stored sessions, start housekeeping."""
         await self.deps.store.open()
+        for stored in await self.deps.store.load_all(include_ended=True):
+            try:
+                await self._restore(stored)
+            except Exception:
+                log.exception("could not restore session %s", stored.record.id)
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
+
+    async def _restore(self, stored: StoredSession) -> None:
+        """Bring a stored session back: ended ones readable, live ones paused.
+
+        A reply that was being generated when the process stopped becomes a
+        tombstone. Event numbering resumes above anything that may have been sent
+        but not stored (streamed tokens), so `seq` never repeats.
+        """
+        record = stored.record
+        ended = record.state == "ended"
+        if not ended:
+            record = record.model_copy(
+                update={"last_seq": record.last_seq + self.settings.restart_seq_gap}
+            )
+        spec = SessionSpec.model_validate_json(record.spec_json)
+        session = Session(
+            record=record,
+            spec=spec,
+            deps=self.deps,
+            backend=self._stored_backend(spec),
+            history=History(stored.messages),
+            memory=stored.memory if spec.options.memory_mode == "inherit" else None,
+        )
+        if stored.summary is not None:
+            restore_summary(session, *stored.summary)
+        events = await self.deps.store.load_events(session.id)
+        session.hub.preload([Frame(e.seq, e.type, e.data) for e in events])
+        loop = self._adopt(session, restored="ended" if ended else "paused")
+        if ended:
+            session.hub.close()
+            loop.ended.set()
+            return
+        talker_turns = [m.turn for m in stored.messages if m.kind == "talker"]
+        last_bot = max((m.turn for m in stored.messages if m.kind == "bot"), default=0)
+        loop.started = spec.options.participation == "autonomous" or bool(talker_turns)
+        loop.unanswered = sum(1 for turn in talker_turns if turn > last_bot)
+        for message in session.history.pending_reserved():
+            tomb = message.model_copy(update={"status": "failed", "content": ""})
+            session.history.fill(tomb)
+            await self.deps.store.save_message(session.id, tomb)
+            session.emit(
+                ErrorEvent(
+                    message="the server restarted during this generation",
+                    code="server_restart",
+                    turn=tomb.turn,
+                )
+            )
+        session.emit(SessionPaused(reason="server_restart"))
+        await session.save(state="paused")
+        loop.start()
+        session.log.info("session restored (paused) with %d messages", len(session.history))
+
+    def _stored_backend(self, spec: SessionSpec) -> Backend:
+        # A backend allowed at creation may be disallowed now: fall back to the default.
+        try:
+            return self._backend_for(spec)
+        except FellowshipError:
+            return self.deps.llm.default_backend
 
     async def close(self) -> None:
         """Stop every loop at once, close members' streams, release the store and backends."""
@@ -100,7 +169,11 @@ class SessionManager:
         loops = [loop for loop in self._loops.values() if loop.machine.state != "ended"]
         await asyncio.gather(*(loop.stop() for loop in loops), return_exceptions=True)
         for loop in loops:
+            with contextlib.suppress(Exception):
+                await loop.session.save()
             loop.session.hub.close(CLOSE_SHUTDOWN)
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.settings.shutdown_grace_seconds)
         await self.deps.llm.aclose()
         await self.deps.store.close()
 
@@ -117,7 +190,7 @@ class SessionManager:
         record = SessionRecord(
             id=secrets.token_hex(SESSION_ID_BYTES),
             name=spec.name,
-            spec_json=spec.model_dump_json(),
+            spec_json=_storage_json(spec),
             full_token_hash=token_hash(token),
             observer_token_hash=token_hash(observer_token),
             created_at=self.deps.clock.now(),
@@ -125,6 +198,9 @@ class SessionManager:
         )
         session = Session(record=record, spec=spec, deps=self.deps, backend=backend, memory=memory)
         await session.save()
+        if memory is not None:
+            # The chain's memory so far; it replaces the earlier session's token in storage.
+            await self.deps.store.save_memory(session.id, memory)
         loop = self._adopt(session)
         loop.start()
         session.log.info(
@@ -141,8 +217,15 @@ class SessionManager:
             warnings=record.warnings,
         )
 
-    def _adopt(self, session: Session) -> SessionLoop:
-        loop = SessionLoop(session, on_end=self._session_ended)
+    def _adopt(self, session: Session, restored: str | None = None) -> SessionLoop:
+        options = session.options
+        loop = SessionLoop(
+            session,
+            selector=Orchestrator() if options.turn_order == "orchestrated" else None,
+            summarizer=summarize if options.summarize_context else None,
+            on_end=self._session_ended,
+            restored=restored,
+        )
         self._loops[session.id] = loop
         self._by_hash[session.record.full_token_hash] = (session.id, "full")
         self._by_hash[session.record.observer_token_hash] = (session.id, "observer")
@@ -303,15 +386,14 @@ class SessionManager:
     async def sweep(self) -> None:
         """End sessions past `max_time` or idle past their ttl; forget expired ended ones."""
         now = self.deps.clock.monotonic()
+        cutoff = self.deps.clock.now() - timedelta(seconds=self.settings.ended_retention_seconds)
+        for session_id in await self.deps.store.expire_ended(cutoff):
+            expired = self._loops.get(session_id)
+            if expired is not None:
+                self._forget(expired.session)
         for loop in list(self._loops.values()):
             session = loop.session
             if loop.lifecycle.state == "ended":
-                if (
-                    session.record.ended_at is not None
-                    and (self.deps.clock.now() - session.record.ended_at).total_seconds()
-                    >= self.settings.ended_retention_seconds
-                ):
-                    self._forget(session)
                 continue
             max_time = session.options.max_time
             if max_time is not None and session.elapsed >= max_time:
@@ -327,7 +409,25 @@ class SessionManager:
     async def _session_ended(self, session: Session) -> None:
         # Members are gone with the stream; the session stays readable until retention passes.
         session.members.clear()
+        if session.options.memory_mode != "none":
+            # Writing memory is an LLM call: it must not hold up the end (or a DELETE).
+            task = asyncio.create_task(write_memory(session), name=f"memory-{session.id}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def settle(self) -> None:
+        """Wait for background work (memory writing after an end) to finish."""
+        while self._background:
+            await asyncio.wait(set(self._background))
 
     def live_sessions(self) -> int:
         """Sessions not ended."""
         return sum(1 for loop in self._loops.values() if loop.machine.state != "ended")
+
+
+def _storage_json(spec: SessionSpec) -> str:
+    """The spec as stored: secrets kept for the backend, but no other session's token."""
+    data = spec.storage_dict()
+    if spec.options.memory_mode == "inherit":
+        data["options"]["memory"] = f"{MEMORY_INHERIT_PREFIX}{REDACTED}"
+    return json.dumps(data)

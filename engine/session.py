@@ -35,7 +35,7 @@ from engine.logs import SessionLogger, session_logger
 from engine.prompts import PromptParts, system_prompt
 from engine.rectifier import Rectifier
 from engine.spec.models import BotSpec, SessionSpec
-from engine.store.base import SessionRecord, Store
+from engine.store.base import EventRecord, SessionRecord, Store
 from engine.tokens import TokenCounter
 
 MEMBER_ID_BYTES = 8
@@ -121,6 +121,7 @@ class Session:
         self.debug_enabled = deps.settings.debug or spec.options.debug
         self.loop_state = "idle"
         self._lock = asyncio.Lock()
+        self._stored_seq = record.last_seq  # events up to here are in the store
         self._system_tokens = max(
             (deps.counter.count(self.system_text(bot)) for bot in spec.bots), default=0
         )
@@ -267,9 +268,17 @@ class Session:
 
     # --- persistence ----------
     async def save(self, **changes: Any) -> None:
-        """Persist the session row with `changes` applied."""
+        """Persist the session row with `changes` applied, and the events not stored yet."""
         self.record = self.record.model_copy(update={**changes, "last_seq": self.hub.last_seq})
         await self.deps.store.save_session(self.record)
+        frames = self.hub.buffered_after(self._stored_seq)
+        if frames:
+            await self.deps.store.save_events(
+                self.id,
+                [EventRecord(seq=f.seq, type=f.type, data=f.data) for f in frames],
+                keep_last=self.deps.settings.event_buffer_size,
+            )
+            self._stored_seq = frames[-1].seq
 
     def now(self) -> datetime:
         """Current UTC time from the injected clock."""

@@ -63,7 +63,9 @@ class ThinkSplitter:
             else:
                 start, close = buffer.find(THINK_OPEN), buffer.find(THINK_CLOSE)
                 if close >= 0 and (start < 0 or close < start):
-                    content.append(buffer[:close])
+                    # A stray closing tag becomes a space, so that the text on its two
+                    # sides can never join into a new tag ("<" + "</think>" + "think>").
+                    content.append(buffer[:close] + " ")
                     buffer = buffer[close + len(THINK_CLOSE) :]
                     continue
                 if start >= 0:

@@ -13,7 +13,7 @@ from engine.errors import BadRequest, InvalidState, TooMany
 from engine.llm.mock import MockLLM, MockReply
 from engine.llm.mock.models import Fault
 from engine.manager import SessionManager
-from tests.support.engine import make_settings, spec, watch
+from tests.support.engine import WAIT_SECONDS, make_settings, spec, watch
 
 
 @pytest.fixture
@@ -191,10 +191,7 @@ async def test_idle_session_with_nobody_connected_ends_by_ttl(
     manager = await manager_factory()
     created = await manager.create(spec(["A"], participation="reactive", ttl=1))
     handle = manager.open(created.token)
-    for _ in range(100):
-        if handle.loop.lifecycle.state == "ended":
-            break
-        await asyncio.sleep(0.05)
+    await asyncio.wait_for(handle.loop.ended.wait(), WAIT_SECONDS)
     assert handle.session.record.end_reason == "idle_timeout"
 
 
