@@ -53,7 +53,7 @@ class SessionLoop:
         *,
         selector: SpeakerSelector | None = None,
         summarizer: Summarizer | None = None,
-        on_end: Callable[[Session], Awaitable[None]] | None = None,
+        on_end: Callable[[Session], None] | None = None,
         restored: str | None = None,
     ) -> None:
         self.session = session
@@ -377,6 +377,12 @@ class SessionLoop:
         """Stop the driver without ending the session (server shutdown)."""
         await self._stop_task()
 
+    async def wait_stopped(self) -> None:
+        """Wait for the driver task to finish on its own (e.g. its final save after an end)."""
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            await asyncio.wait([task])
+
     async def _stop_task(self) -> None:
         task = self._task
         if task is None or task.done() or task is asyncio.current_task():
@@ -390,10 +396,10 @@ class SessionLoop:
             return
         self.machine.fire("finish", reason=reason, detail=detail)
         session = self.session
+        if self._on_end is not None:
+            self._on_end(session)
         with contextlib.suppress(Exception):
             await session.save(state="ended", ended_at=session.now(), end_reason=reason)
-        if self._on_end is not None:
-            await self._on_end(session)
 
     async def _record(self, place: Callable[[], tuple[Message | None, list[BaseEvent]]]) -> None:
         try:

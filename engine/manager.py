@@ -168,6 +168,7 @@ class SessionManager:
                 await self._housekeeper
         loops = [loop for loop in self._loops.values() if loop.machine.state != "ended"]
         await asyncio.gather(*(loop.stop() for loop in loops), return_exceptions=True)
+        await asyncio.gather(*(loop.wait_stopped() for loop in self._loops.values()))
         for loop in loops:
             with contextlib.suppress(Exception):
                 await loop.session.save()
@@ -406,7 +407,7 @@ class SessionManager:
         self._by_hash.pop(session.record.full_token_hash, None)
         self._by_hash.pop(session.record.observer_token_hash, None)
 
-    async def _session_ended(self, session: Session) -> None:
+    def _session_ended(self, session: Session) -> None:
         # Members are gone with the stream; the session stays readable until retention passes.
         session.members.clear()
         if session.options.memory_mode != "none":
