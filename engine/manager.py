@@ -90,6 +90,7 @@ class SessionManager:
         self._by_hash: dict[str, tuple[str, Access]] = {}
         self._housekeeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     # --- lifecycle of the manager ----------
     async def start(self) -> None:
@@ -162,6 +163,9 @@ class SessionManager:
 
     async def close(self) -> None:
         """Stop every loop at once, close members' streams, release the store and backends."""
+        if self._closed:
+            return
+        self._closed = True
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -348,13 +352,13 @@ class SessionManager:
         self, handle: Handle, role: MemberRole, name: str | None, since: int | None
     ) -> Member:
         """Connect a talker or observer; its stream starts with history or the missed events."""
+        name = name.strip() if name else None
+        if name and len(name) > self.settings.max_name_chars:
+            raise BadRequest("display name too long", code="name_too_long")
         if role == "talker":
             self.require_full(handle)
-            if not name or not name.strip():
+            if not name:
                 raise BadRequest("a talker needs a display name (?name=...)", code="name_required")
-            name = name.strip()
-            if len(name) > self.settings.max_name_chars:
-                raise BadRequest("display name too long", code="name_too_long")
         return handle.session.join(role, name, since)
 
     async def post(self, handle: Handle, member: Member, content: str) -> Message:

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.clock import Clock
 from engine.config import Settings
-from engine.errors import BadRequest, TooMany
+from engine.errors import Forbidden, TooMany
 from engine.events import (
     BaseEvent,
     DebugCategory,
@@ -233,7 +233,7 @@ class Session:
         """Connect a member; talkers are refused when the mode or `max_talkers` forbids."""
         if role == "talker":
             if self.options.participation == "autonomous":
-                raise BadRequest(
+                raise Forbidden(
                     "this session is autonomous: bots only, connect as an observer",
                     code="talkers_not_allowed",
                 )

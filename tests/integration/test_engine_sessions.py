@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.errors import BadRequest, InvalidState, TooMany
+from engine.errors import Forbidden, InvalidState, TooMany
 from engine.llm.mock import MockLLM, MockReply
 from engine.llm.mock.models import Fault
 from engine.manager import SessionManager
@@ -217,7 +217,7 @@ async def test_talkers_are_refused_in_autonomous_sessions_and_beyond_max_talkers
 ) -> None:
     manager = await manager_factory()
     auto = manager.open((await manager.create(spec(max_turns=1))).token)
-    with pytest.raises(BadRequest):
+    with pytest.raises(Forbidden):
         manager.connect(auto, "talker", "Dana", None)
     reactive = manager.open((await manager.create(spec(participation="reactive"))).token)
     manager.connect(reactive, "talker", "Dana", None)

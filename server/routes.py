@@ -1,0 +1,219 @@
+"""The REST routes under `/v1`, plus `/healthz`: wire in, engine call, wire out.
+
+Each handler reads its parameters into a model, calls one `SessionManager` method and
+answers JSON. Errors are raised as the engine's typed errors and turned into JSON
+answers by `server.errors`; nothing here decides anything about sessions.
+
+Tokens travel in the path. The full token opens every route; the observer token opens
+status, history, stream and observer connections, and gets 403 elsewhere. An unknown
+token gets the same 404 whether or not a session ever existed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, TypeVar
+
+from quart import Blueprint, Response, request
+from quart_schema import document_querystring, document_request, document_response, tag
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from engine.manager import CreatedSession
+from engine.spec.library import list_specs, load_named_spec
+from engine.spec.loader import SpecIssue, SpecTooLarge, load_spec, read_spec_document
+from engine.spec.models import SessionSpec
+from engine.status import SessionStatus
+from server.api_models import (
+    CreateQuery,
+    ErrorBody,
+    HealthResponse,
+    HistoryResponse,
+    SpecLibraryResponse,
+)
+from server.state import current_state
+from server.wire import json_response, parse_params
+
+blueprint = Blueprint("sessions", __name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SESSION_PATH = "/v1/session/<token>"
+
+
+def _errors(*statuses: int) -> Callable[[F], F]:
+    """Document the error answers a route can give (all share `ErrorBody`)."""
+
+    def decorate(func: F) -> F:
+        for status in statuses:
+            func = document_response(ErrorBody, status)(func)
+        return func
+
+    return decorate
+
+
+def api_version() -> str:
+    """The installed Fellowship version."""
+    try:
+        return version("fellowship")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@blueprint.get("/healthz")
+@tag(["server"])
+@document_response(HealthResponse)
+async def healthz() -> Response:
+    """Health check.
+
+    Answers 200 with `status: ok` while the server runs; also reports the version and
+    how many sessions are live. Never touches the LLM backend.
+    """
+    manager = current_state().manager
+    return json_response(
+        HealthResponse(status="ok", version=api_version(), live_sessions=manager.live_sessions())
+    )
+
+
+@blueprint.get("/v1/specs")
+@tag(["library"])
+@document_response(SpecLibraryResponse)
+async def library() -> Response:
+    """List the spec library.
+
+    Every named spec in the server's SPECS_DIR, with its title and a one-line summary.
+    Start one with `POST /v1/session/create?library=<name>`.
+    """
+    settings = current_state().settings
+    return json_response(SpecLibraryResponse(specs=list_specs(settings)))
+
+
+@blueprint.post("/v1/session/create")
+@tag(["sessions"])
+@document_querystring(CreateQuery)
+@document_request(SessionSpec)
+@document_response(CreatedSession, 201)
+@_errors(400, 404, 413, 422, 429, 503)
+async def create_session() -> Response:
+    """Create a session.
+
+    The body is a session spec as JSON (`Content-Type: application/json`) or YAML
+    (`application/yaml`, `application/x-yaml`, `text/yaml`); without a known content
+    type the format is detected. To start a spec from the server's library instead,
+    pass `?library=<name>`: the body is then optional and, when given, is a JSON or YAML
+    mapping of overrides merged over the library spec (`options` and `llm` key by key,
+    other keys replaced).
+
+    Answers 201 with the public session `id`, the full-control `token`, the read-only
+    `observer_token` (the only time either is shown), the normalized spec with secrets
+    removed, and `warnings` (unknown keys, options not built yet). Errors: 400 malformed
+    document (with line and column), 404 unknown library name, 413 larger than
+    MAX_SPEC_BYTES, 422 invalid spec (every problem with its path in `details`), 429
+    too many sessions.
+    """
+    state = current_state()
+    settings = state.settings
+    query = parse_params(CreateQuery, request.args)
+    body = await _read_body(settings.max_spec_bytes)
+    content_type = request.headers.get("Content-Type")
+    if query.library is not None:
+        overrides = None
+        if body.strip():
+            document = read_spec_document(body, content_type=content_type, settings=settings)
+            overrides = document.data
+        result = load_named_spec(query.library, settings=settings, overrides=overrides)
+    else:
+        result = load_spec(body, content_type=content_type, settings=settings)
+    spec = result.raise_for_errors()
+    created = await state.manager.create(spec, [str(w) for w in result.warnings])
+    return json_response(created, 201)
+
+
+async def _read_body(limit: int) -> bytes:
+    # Quart refuses a body over MAX_CONTENT_LENGTH from its Content-Length, or as soon
+    # as the streamed bytes pass it, without reading the rest.
+    try:
+        return await request.get_data(cache=True, as_text=False, parse_form_data=False)
+    except RequestEntityTooLarge:
+        raise SpecTooLarge(
+            [SpecIssue(path="", message=f"the spec is larger than {limit} bytes (MAX_SPEC_BYTES)")]
+        ) from None
+
+
+@blueprint.get(SESSION_PATH)
+@tag(["sessions"])
+@document_response(SessionStatus)
+@_errors(404)
+async def session_status(token: str) -> Response:
+    """Session status.
+
+    State (active, paused, ended), loop state, counters, connected members, token
+    usage (Fellowship's count and the backend's), limits and warnings. Either token.
+    """
+    manager = current_state().manager
+    return json_response(manager.status(manager.open(token)))
+
+
+@blueprint.delete(SESSION_PATH)
+@tag(["sessions"])
+@document_response(SessionStatus)
+@_errors(403, 404, 409)
+async def end_session(token: str) -> Response:
+    """End a session.
+
+    Ends the session with reason `client_request`: a reply being generated is dropped
+    (its slot becomes a failed tombstone), `session_end` is broadcast and live
+    connections close. The session stays readable. Full token only; 409 if it has
+    already ended. Answers the final status.
+    """
+    manager = current_state().manager
+    handle = manager.open(token)
+    await manager.end(handle)
+    return json_response(manager.status(handle))
+
+
+@blueprint.post(f"{SESSION_PATH}/pause")
+@tag(["sessions"])
+@document_response(SessionStatus)
+@_errors(403, 404, 409)
+async def pause_session(token: str) -> Response:
+    """Pause a session.
+
+    No new LLM calls start while paused; a reply already being generated is completed
+    and recorded. Talker messages sent while paused are kept and answered after resume.
+    Broadcasts `session_paused`. Full token only; 409 unless the session is active.
+    """
+    manager = current_state().manager
+    handle = manager.open(token)
+    await manager.pause(handle)
+    return json_response(manager.status(handle))
+
+
+@blueprint.post(f"{SESSION_PATH}/resume")
+@tag(["sessions"])
+@document_response(SessionStatus)
+@_errors(403, 404, 409)
+async def resume_session(token: str) -> Response:
+    """Resume a paused session.
+
+    The loop picks up where it stopped. Broadcasts `session_resumed`. Full token only;
+    409 unless the session is paused.
+    """
+    manager = current_state().manager
+    handle = manager.open(token)
+    await manager.resume(handle)
+    return json_response(manager.status(handle))
+
+
+@blueprint.get(f"{SESSION_PATH}/history")
+@tag(["sessions"])
+@document_response(HistoryResponse)
+@_errors(404)
+async def session_history(token: str) -> Response:
+    """Full history.
+
+    Every history position in order: bot and talker messages, a reserved slot while a
+    reply is generated, and failed tombstones. Either token.
+    """
+    manager = current_state().manager
+    return json_response(HistoryResponse(messages=manager.history(manager.open(token))))

@@ -1,0 +1,145 @@
+"""The Server-Sent Events transport: `GET /v1/session/{token}/stream` (observe only).
+
+Every session event becomes one SSE frame — `id: <seq>`, `event: <type>`, `data: <the
+event as JSON>` — so a browser's EventSource resumes by itself: on reconnect it sends
+`Last-Event-ID` and gets exactly the missed events (or a fresh `history`). A comment
+line is sent every SSE_KEEPALIVE_SECONDS so proxies keep the stream open. The stream
+ends after `session_end`, on server shutdown, or when the client fell too far behind;
+a final comment says why.
+
+A reconnect to a session that has ended, from a client that already saw its last
+event, is answered 204: that is how SSE tells EventSource to stop reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from quart import Blueprint, Response, request
+from quart_schema import document_headers, document_querystring, document_response, tag
+
+from engine.errors import FellowshipError
+from engine.events import BaseEvent
+from engine.hub import Frame
+from engine.manager import Handle, SessionManager
+from server.api_models import ErrorBody, ErrorDetail, StreamHeaders, StreamQuery
+from server.errors import ParameterError, error_event
+from server.openapi import document_raw_response
+from server.state import current_state
+from server.wire import parse_params
+
+blueprint = Blueprint("sse", __name__)
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+}
+# Comment lines stand alone, with no blank line after them: a blank line ends an event,
+# and some client libraries then report an empty one.
+KEEPALIVE = b": keep-alive\n"
+
+
+@blueprint.get("/v1/session/<token>/stream")
+@tag(["streams"])
+@document_querystring(StreamQuery)
+@document_headers(StreamHeaders)
+@document_raw_response(
+    200,
+    "The event stream: `id: <seq>`, `event: <type>`, `data: <event JSON>` per event, and "
+    "keep-alive comments.",
+    "text/event-stream",
+)
+@document_raw_response(204, "The session has ended and this client has seen every event.")
+@document_response(ErrorBody, 400)
+@document_response(ErrorBody, 404)
+async def stream(token: str) -> Response:
+    """Observe a session as Server-Sent Events.
+
+    Read-only; either token. Answers `text/event-stream`. Every frame carries
+    `id: <seq>`, `event: <type>` and `data: <event JSON>` (see docs/events.md); the
+    first is `history` (the conversation so far), or the events missed since the
+    `Last-Event-ID` header / `?since=` value when they are still buffered. Keep-alive
+    comments arrive every SSE_KEEPALIVE_SECONDS. The stream ends after `session_end`
+    (close your EventSource then), on server shutdown, or when the client falls too far
+    behind (reconnect: EventSource does it with `Last-Event-ID`). 204 when the session
+    has ended and the client has already seen its last event.
+    """
+    state = current_state()
+    state.refuse_if_closing()
+    manager = state.manager
+    query = parse_params(StreamQuery, dict(request.args.items()))
+    since = _last_event_id(request.headers.get("Last-Event-ID"), query.since)
+    handle = manager.open(token)
+    status = manager.status(handle)
+    if status.state == "ended" and since is not None and since >= status.last_seq:
+        return Response("", status=204)
+    response = Response(
+        _frames(manager, handle, query.name, since, state.settings.sse_keepalive_seconds),
+        status=200,
+        content_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+    response.timeout = None  # a stream lasts as long as the session
+    return response
+
+
+def _last_event_id(header: str | None, since: int | None) -> int | None:
+    """`Last-Event-ID` (sent by EventSource on reconnect) wins over `?since=`."""
+    if header is None or not header.strip():
+        return since
+    try:
+        value = int(header.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        problem = ErrorDetail(path="Last-Event-ID", message="must be a seq number (0 or more)")
+        raise ParameterError("invalid parameters: Last-Event-ID must be a seq number", [problem])
+    return value
+
+
+def encode_event(event: BaseEvent) -> bytes:
+    """A one-client event (not in the session's stream) as an SSE frame."""
+    return encode_frame(Frame(event.seq, event.type, event.model_dump_json()))
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """One event as an SSE frame (the JSON is one line: newlines inside it are escaped)."""
+    return f"id: {frame.seq}\nevent: {frame.type}\ndata: {frame.data}\n\n".encode()
+
+
+async def _frames(
+    manager: SessionManager,
+    handle: Handle,
+    name: str | None,
+    since: int | None,
+    keepalive: float,
+) -> AsyncIterator[bytes]:
+    # The member joins when the body starts streaming, not before: a client that went
+    # away before then leaves nothing registered behind.
+    try:
+        member = manager.connect(handle, "observer", name, since)
+    except FellowshipError as exc:
+        yield encode_event(error_event(exc, seq=0))
+        return
+    subscription = member.subscription
+    pending: asyncio.Task[Frame | None] = asyncio.ensure_future(subscription.next_frame())
+    try:
+        while True:
+            # Wait without cancelling the read, so no frame is lost to a keep-alive tick.
+            done, _ = await asyncio.wait({pending}, timeout=keepalive)
+            if not done:
+                yield KEEPALIVE
+                continue
+            frame = pending.result()
+            if frame is None:
+                break
+            yield encode_frame(frame)
+            pending = asyncio.ensure_future(subscription.next_frame())
+        yield f": closed: {subscription.close_reason or 'stream ended'}\n".encode()
+    finally:
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+        manager.disconnect(handle, member)

@@ -1,0 +1,187 @@
+"""The WebSocket transport: `WS /v1/session/{token}/connect`.
+
+A connection is accepted first and refused afterwards, if it must be, with an `error`
+event and a close code (see `server.errors`), because a browser's WebSocket can read a
+close code and reason but never the status of a refused handshake.
+
+Once connected, two tasks run side by side until either ends:
+
+- the *sender* copies the member's subscription (history or replay first, then live
+  frames) to the socket. It only ever waits on this member's own queue and socket, so
+  a slow client never holds up the session: the engine's bounded queue drops a member
+  that falls too far behind, and the sender then closes with 4008.
+- the *receiver* reads client frames — `user_message` (talkers) and `ping` — and hands
+  messages to the engine. A bad frame gets an `error` event for this client only; the
+  connection goes on.
+
+Replies to one client (`pong`, `error`) share a per-connection lock with the sender so
+frames never interleave; they repeat the `seq` of the last session event sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ValidationError
+from quart import Blueprint, websocket
+from quart_schema import document_querystring, tag
+
+from engine.errors import BadRequest, FellowshipError
+from engine.events import Pong
+from engine.manager import Handle, SessionManager
+from engine.session import Member
+from server.api_models import ConnectQuery, PingFrame, UserMessageFrame, client_frame_adapter
+from server.errors import (
+    WS_INTERNAL,
+    error_event,
+    ws_close_code,
+    ws_close_for_reason,
+    ws_reason,
+)
+from server.openapi import document_raw_response
+from server.state import current_state
+from server.wire import parse_params
+
+blueprint = Blueprint("websocket", __name__)
+
+
+@blueprint.websocket("/v1/session/<token>/connect")
+@tag(["streams"])
+@document_querystring(ConnectQuery)
+@document_raw_response(
+    101,
+    "Switching Protocols: the WebSocket is open; events follow, `history` first. Refusals "
+    "arrive as an `error` event followed by a close code.",
+)
+async def connect(token: str) -> None:
+    """Join a session over WebSocket (talker or observer).
+
+    A WebSocket endpoint (`ws://` or `wss://`). `role=talker` needs the full token and a
+    `name`; `role=observer` (the default) works with either token. `since=<seq>` replays
+    the events missed since that seq.
+
+    Server to client: JSON text frames, one event each (schemas: the event components).
+    The first is `history` (or the replayed events), then every live event in `seq`
+    order, with no gap and no duplicate.
+
+    Client to server: `{"type": "user_message", "content": "..."}` (talkers) and
+    `{"type": "ping"}` (answered by `pong`). A bad frame (not JSON, unknown type, too
+    long, empty, an observer talking) gets an `error` event for this client only; the
+    connection goes on.
+
+    Refusals and endings come as an `error` event (refusals) and a close code:
+    1000 session ended, 1001 server shutting down, 1011 internal error, 1013 try again
+    later, 4000 bad request, 4003 forbidden (observer token as talker, autonomous
+    session), 4004 unknown token, 4008 too slow (reconnect with `since`), 4009 no talker
+    seat left, 4029 rate limited.
+    """
+    state = current_state()
+    manager = state.manager
+    await websocket.accept()
+    try:
+        state.refuse_if_closing()
+        state.limiter.check(websocket.remote_addr or "-")
+        query = parse_params(ConnectQuery, dict(websocket.args.items()))
+        handle = manager.open(token)
+        member = manager.connect(handle, query.role, query.name, query.since)
+    except FellowshipError as exc:
+        await _refuse(exc)
+        return
+    await Connection(manager, handle, member).run()
+
+
+async def _refuse(exc: FellowshipError) -> None:
+    """Tell the client why in an `error` event, then close with the matching code."""
+    with contextlib.suppress(Exception):
+        await websocket.send(error_event(exc, seq=0).model_dump_json())
+    await websocket.close(ws_close_code(exc), ws_reason(exc.message))
+
+
+class Connection:
+    """One connected member: a sender and a receiver task over one socket."""
+
+    def __init__(self, manager: SessionManager, handle: Handle, member: Member) -> None:
+        self.manager = manager
+        self.handle = handle
+        self.member = member
+        self.last_seq = 0
+        self._send_lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        """Serve the member until the stream ends or the client goes away."""
+        sender = asyncio.create_task(self._send_events(), name="ws-send")
+        receiver = asyncio.create_task(self._receive_frames(), name="ws-receive")
+        try:
+            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+            if failed:
+                exc = failed[0].exception()
+                self.handle.session.log.error("websocket connection failed: %r", exc, exc_info=exc)
+                internal = FellowshipError("internal error", code="internal")
+                with contextlib.suppress(Exception):
+                    await self._send_to_client(error_event(internal, seq=self.last_seq))
+                await self._close(WS_INTERNAL, "internal error")
+            elif sender in done:
+                reason = self.member.subscription.close_reason
+                await self._close(ws_close_for_reason(reason), ws_reason(reason or ""))
+        finally:
+            for task in (sender, receiver):
+                task.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
+            self.manager.disconnect(self.handle, self.member)
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await websocket.close(code, reason)
+
+    async def _send_events(self) -> None:
+        async for frame in self.member.subscription:
+            async with self._send_lock:
+                await websocket.send(frame.data)
+            self.last_seq = frame.seq
+
+    async def _send_to_client(self, event: BaseModel) -> None:
+        async with self._send_lock:
+            await websocket.send(event.model_dump_json())
+
+    async def _receive_frames(self) -> None:
+        while True:
+            raw = await websocket.receive()
+            try:
+                await self._handle(raw)
+            except FellowshipError as exc:
+                await self._send_to_client(error_event(exc, seq=self.last_seq))
+
+    async def _handle(self, raw: str | bytes) -> None:
+        if isinstance(raw, bytes):
+            raise BadRequest("binary frames are not supported; send JSON text", code="bad_frame")
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):  # deep nesting overflows the parser
+            raise BadRequest("the frame is not valid JSON", code="invalid_json") from None
+        frame = _parse_frame(data)
+        if isinstance(frame, PingFrame):
+            await self._send_to_client(Pong(seq=self.last_seq, ts=datetime.now(UTC)))
+        else:
+            await self.manager.post(self.handle, self.member, frame.content)
+
+
+def _parse_frame(data: object) -> UserMessageFrame | PingFrame:
+    """A client frame, or `BadRequest` saying what is wrong with it."""
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise BadRequest(
+            'a frame is a JSON object with a "type": "user_message" or "ping"', code="bad_frame"
+        )
+    kind = data["type"]
+    if kind not in ("user_message", "ping"):
+        raise BadRequest(
+            f"unknown frame type {kind[:40]!r}; expected user_message or ping",
+            code="unknown_frame_type",
+        )
+    try:
+        return client_frame_adapter.validate_python(data)
+    except ValidationError:
+        raise BadRequest('a user_message needs a text "content"', code="bad_frame") from None

@@ -1,0 +1,284 @@
+"""Fixtures for tests of the real server: Hypercorn on 127.0.0.1, real clients, mock backend.
+
+`server` is the whole product in-process: `create_app` served by `server.hosting.serve`
+on a socket bound to a random loopback port, talking to a `MockLLM` over loopback.
+Clients are the real thing too: `httpx`, `websockets` and `httpx-sse`. Waits are for
+events, bounded by `WAIT_SECONDS` only so that a broken test fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from quart import Quart
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from engine.config import Settings
+from engine.llm.mock import MockLLM
+from engine.manager import SessionManager
+from server.app import create_app
+from server.hosting import serve
+from server.state import EXTENSION_KEY, ServerState
+from tests.support.engine import WAIT_SECONDS, make_settings
+
+Event = dict[str, Any]
+
+
+# --- specs -------------------------------------------------------------------------------------
+
+
+def spec_dict(bots: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    """A small valid spec as JSON-ready data."""
+    names = bots or ["Alice", "Bob", "Carol"]
+    return {
+        "name": "test session",
+        "bots": [{"name": n, "system_prompt": f"You are {n}. Be brief."} for n in names],
+        "options": options,
+    }
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningServer:
+    """A Fellowship server running in this event loop."""
+
+    app: Quart
+    settings: Settings
+    port: int
+    shutdown: asyncio.Event
+    task: asyncio.Task[None]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def state(self) -> ServerState:
+        state: ServerState = self.app.extensions[EXTENSION_KEY]
+        return state
+
+    @property
+    def manager(self) -> SessionManager:
+        return self.state.manager
+
+    async def stop(self) -> None:
+        """Shut down gracefully and wait until the server has stopped."""
+        self.shutdown.set()
+        await asyncio.wait_for(self.task, WAIT_SECONDS)
+
+
+async def start_server(settings: Settings, *, sndbuf: int | None = None) -> RunningServer:
+    """Serve a fresh app on a random loopback port; return once it answers.
+
+    `sndbuf` shrinks the send buffer of accepted connections (Linux: they inherit it
+    from the listening socket), to make a slow client fall behind quickly.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections queue up until Hypercorn accepts them
+    port = int(sock.getsockname()[1])
+    app = create_app(settings)
+    shutdown = asyncio.Event()
+    task = asyncio.create_task(serve(app, settings, shutdown=shutdown, sock=sock))
+    running = RunningServer(app, settings, port, shutdown, task)
+    async with httpx.AsyncClient(base_url=running.base_url) as client:
+        ready = asyncio.create_task(client.get("/healthz"))
+        done, _ = await asyncio.wait(
+            {ready, task}, timeout=WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            task.result()  # raises the start-up failure
+        assert ready in done, "server did not answer /healthz"
+        assert ready.result().status_code == 200
+    return running
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[MockLLM]:
+    async with MockLLM() as backend:
+        yield backend
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def server_factory(tmp_path: Path, mock: MockLLM) -> AsyncIterator[ServerFactory]:
+    """Start servers with settings overrides; every one is stopped after the test."""
+    servers: list[RunningServer] = []
+
+    async def make(*, listen_sndbuf: int | None = None, **overrides: Any) -> RunningServer:
+        values: dict[str, Any] = {
+            "specs_dir": Path(__file__).parents[2] / "specs",
+            # Hypercorn keeps a closed WebSocket's ping loop until its next tick; a short
+            # interval keeps shutdown at the end of each test quick.
+            "ws_ping_seconds": 0.5,
+        }
+        values.update(overrides)
+        settings = make_settings(tmp_path, mock.base_url, **values)
+        running = await start_server(settings, sndbuf=listen_sndbuf)
+        servers.append(running)
+        return running
+
+    yield make
+    for running in servers:
+        if not running.task.done():
+            await running.stop()
+
+
+@pytest.fixture
+async def server(server_factory: ServerFactory) -> RunningServer:
+    return await server_factory()
+
+
+@pytest.fixture
+async def client(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_SECONDS) as http:
+        yield http
+
+
+async def create_session(
+    client: httpx.AsyncClient, spec: dict[str, Any] | None = None, **options: Any
+) -> dict[str, Any]:
+    """Create a session from `spec` (default: three bots with `options`); return the body."""
+    response = await client.post("/v1/session/create", json=spec or spec_dict(**options))
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+# --- WebSocket members ---------------------------------------------------------------------------
+
+
+@dataclass
+class WsMember:
+    """A WebSocket client that collects every event it receives."""
+
+    ws: ClientConnection
+    events: list[Event] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> WsMember:
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                self.events.append(json.loads(raw))
+                self._changed.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self.close_reason = self.ws.close_reason
+            self._changed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    def of_type(self, *types: str) -> list[Event]:
+        return [e for e in self.events if e["type"] in types]
+
+    def session_events(self) -> list[Event]:
+        """Events of the session stream (not `pong`/`error` replies to this client)."""
+        return [e for e in self.events if e["type"] not in ("pong", "history")]
+
+    async def wait_for(self, predicate: Callable[[WsMember], bool]) -> None:
+        async def loop() -> None:
+            while not predicate(self):
+                if self.closed:
+                    raise AssertionError(
+                        f"closed ({self.close_code} {self.close_reason!r}); "
+                        f"events: {[e['type'] for e in self.events]}"
+                    )
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(loop(), WAIT_SECONDS)
+
+    async def wait_type(self, type_: str, count: int = 1) -> list[Event]:
+        await self.wait_for(lambda m: len(m.of_type(type_)) >= count)
+        return self.of_type(type_)
+
+    async def wait_closed(self) -> None:
+        assert self._task is not None
+        await asyncio.wait_for(asyncio.shield(self._task), WAIT_SECONDS)
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(frame if isinstance(frame, str | bytes) else json.dumps(frame))
+
+    async def say(self, content: str) -> None:
+        await self.send({"type": "user_message", "content": content})
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.wait_closed()
+
+
+async def ws_join(
+    server: RunningServer | str,
+    token: str,
+    *,
+    role: str = "observer",
+    name: str | None = None,
+    since: int | None = None,
+) -> WsMember:
+    """Connect over WebSocket (to a running server or a `ws://host:port` base) and collect."""
+    base = server if isinstance(server, str) else server.ws_url
+    params = {"role": role}
+    if name is not None:
+        params["name"] = name
+    if since is not None:
+        params["since"] = str(since)
+    query = str(httpx.QueryParams(params))
+    ws = await connect(f"{base}/v1/session/{token}/connect?{query}")
+    return WsMember(ws).start()
+
+
+@pytest.fixture
+async def members() -> AsyncIterator[list[WsMember]]:
+    """Collects WebSocket members to close after the test."""
+    joined: list[WsMember] = []
+    yield joined
+    for member in joined:
+        if not member.closed:
+            await member.ws.close()
+
+
+def check_stream(events: list[Event]) -> None:
+    """A member's events: `history` first, then strictly consecutive seqs after it.
+
+    `pong` and per-client `error` replies repeat the last seq and are left out.
+    """
+    assert events and events[0]["type"] == "history", [e["type"] for e in events[:3]]
+    seqs: list[int] = []
+    for event in events:
+        if event["type"] == "pong" or (
+            event["type"] == "error" and seqs and event["seq"] == seqs[-1]
+        ):
+            continue
+        seqs.append(event["seq"])
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs

@@ -1,0 +1,212 @@
+"""The SSE transport: frame format, headers, replay by Last-Event-ID and since, keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from tests.integration.conftest import (
+    RunningServer,
+    ServerFactory,
+    WsMember,
+    create_session,
+    ws_join,
+)
+from tests.support.engine import WAIT_SECONDS
+
+
+class SseReader:
+    """Reads one SSE stream in the background: every event as (id, event, data)."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.ids: list[str] = []
+        self.names: list[str] = []
+        self.status: int | None = None
+        self.headers: httpx.Headers | None = None
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._read(http, url, headers))
+
+    async def _read(self, http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
+        try:
+            async with aconnect_sse(http, "GET", url, headers=headers) as source:
+                self.status = source.response.status_code
+                self.headers = source.response.headers
+                if self.status != 200:
+                    return
+                async for sse in source.aiter_sse():
+                    self.ids.append(sse.id)
+                    self.names.append(sse.event)
+                    self.events.append(sse.json())
+                    self._changed.set()
+        finally:
+            self._changed.set()
+
+    @property
+    def done(self) -> bool:
+        return self._task.done()
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == type_]
+
+    async def wait_type(self, type_: str, count: int = 1) -> None:
+        async def loop() -> None:
+            while len(self.of_type(type_)) < count:
+                if self.done:
+                    raise AssertionError(f"stream ended: {[e['type'] for e in self.events]}")
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(loop(), WAIT_SECONDS)
+
+    async def wait_done(self) -> None:
+        await asyncio.wait_for(asyncio.shield(self._task), WAIT_SECONDS)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def sse(
+    server: RunningServer, token: str, *, query: str = "", headers: dict[str, str] | None = None
+) -> AsyncIterator[SseReader]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_SECONDS) as http:
+        reader = SseReader(http, f"/v1/session/{token}/stream{query}", headers or {})
+        try:
+            yield reader
+        finally:
+            await reader.stop()
+
+
+async def test_every_frame_carries_id_event_and_json_data_with_stream_headers(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    created = await create_session(client, participation="reactive")
+    async with sse(server, created["observer_token"]) as stream:
+        await stream.wait_type("history")
+        assert stream.headers is not None
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        assert stream.headers["cache-control"] == "no-cache"
+        assert stream.headers["x-accel-buffering"] == "no"
+        talker = await ws_join(server, created["token"], role="talker", name="Dana")
+        members.append(talker)
+        await talker.say("hello")
+        await stream.wait_type("bot_message")
+        assert stream.names == [e["type"] for e in stream.events]
+        assert stream.ids == [str(e["seq"]) for e in stream.events]
+        seqs = [e["seq"] for e in stream.events]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        # The same events as a WebSocket member gets.
+        overlap = [e for e in stream.events if e["seq"] > talker.events[0]["seq"]]
+        assert overlap == talker.events[1 : 1 + len(overlap)]
+
+
+async def test_last_event_id_replays_exactly_the_missed_events(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    created = await create_session(client, participation="reactive")
+    talker = await ws_join(server, created["token"], role="talker", name="Dana")
+    members.append(talker)
+    async with sse(server, created["observer_token"]) as first:
+        await talker.say("one")
+        await first.wait_type("bot_message")
+    last_id = first.ids[-1]
+    await talker.say("two")
+    await talker.wait_type("bot_message", 2)
+    async with sse(server, created["observer_token"], headers={"Last-Event-ID": last_id}) as again:
+        await again.wait_type("bot_message")
+        await again.wait_type("member_joined")  # its own join comes live after the replay
+        missed = [e for e in talker.events if e["seq"] > int(last_id)]
+        assert again.events[: len(missed)] == missed
+        assert again.of_type("history") == []
+        assert [e["content"] for e in again.of_type("talker_message")] == ["two"]
+
+
+async def test_since_query_replays_and_last_event_id_wins_over_it(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    created = await create_session(client, participation="reactive")
+    talker = await ws_join(server, created["token"], role="talker", name="Dana")
+    members.append(talker)
+    await talker.say("one")
+    await talker.wait_type("bot_message")
+    mark = talker.of_type("bot_message")[0]["seq"]
+    async with sse(server, created["observer_token"], query=f"?since={mark}") as by_query:
+        await by_query.wait_type("member_joined")
+        assert by_query.events[0]["seq"] == mark + 1
+    async with sse(
+        server,
+        created["observer_token"],
+        query="?since=0",
+        headers={"Last-Event-ID": str(mark)},
+    ) as by_header:
+        await by_header.wait_type("member_joined")
+        assert by_header.events[0]["seq"] == mark + 1
+
+
+async def test_the_stream_ends_after_session_end_and_a_reconnect_then_gets_204(
+    server: RunningServer, client: httpx.AsyncClient
+) -> None:
+    created = await create_session(client, participation="reactive")
+    async with sse(server, created["observer_token"]) as stream:
+        await stream.wait_type("history")
+        await client.delete(f"/v1/session/{created['token']}")
+        await stream.wait_done()
+        assert stream.events[-1]["type"] == "session_end"
+    response = await client.get(
+        f"/v1/session/{created['observer_token']}/stream",
+        headers={"Last-Event-ID": stream.ids[-1]},
+    )
+    assert response.status_code == 204  # EventSource stops reconnecting
+
+
+async def test_keep_alive_comments_arrive_while_nothing_happens(
+    server_factory: ServerFactory,
+) -> None:
+    server = await server_factory(sse_keepalive_seconds=0.05)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_SECONDS) as http:
+        created = await create_session(http, participation="reactive")
+        url = f"/v1/session/{created['observer_token']}/stream"
+        comments = 0
+        async with http.stream("GET", url) as response:
+            async for line in response.aiter_lines():
+                if line.startswith(":"):
+                    comments += 1
+                    if comments == 3:
+                        break
+
+
+async def test_bad_last_event_id_is_400_and_unknown_token_404(
+    server: RunningServer, client: httpx.AsyncClient
+) -> None:
+    created = await create_session(client, participation="reactive")
+    response = await client.get(
+        f"/v1/session/{created['observer_token']}/stream", headers={"Last-Event-ID": "abc"}
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_parameters"
+    response = await client.get("/v1/session/nope/stream")
+    assert response.status_code == 404
+    assert json.loads(response.text)["code"] == "not_found"
+
+
+async def test_a_client_going_away_leaves_the_session(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    created = await create_session(client, participation="reactive")
+    watcher = await ws_join(server, created["observer_token"], name="watcher")
+    members.append(watcher)
+    await watcher.wait_type("history")
+    async with sse(server, created["observer_token"], query="?name=reader") as stream:
+        await stream.wait_type("history")
+    [left] = await watcher.wait_type("member_left")
+    assert left["name"] == "reader"
+    status = (await client.get(f"/v1/session/{created['token']}")).json()
+    assert status["members"]["observers"] == 1

@@ -1,0 +1,258 @@
+"""The WebSocket protocol: history first, talker frames, bad frames, refusals, close codes."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from engine.events import parse_event
+from tests.integration.conftest import (
+    RunningServer,
+    ServerFactory,
+    WsMember,
+    check_stream,
+    create_session,
+    ws_join,
+)
+
+
+async def test_first_frame_is_history_then_live_events_in_seq_order(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    created = await create_session(client, participation="reactive")
+    talker = await ws_join(server, created["token"], role="talker", name="Dana")
+    members.append(talker)
+    [history] = await talker.wait_type("history")
+    assert history["messages"] == []
+    await talker.say("Hello, bots")
+    await talker.wait_type("bot_message")
+    [said] = talker.of_type("talker_message")
+    assert said["talker"] == "Dana" and said["turn"] == 1 and said["content"] == "Hello, bots"
+    assert said["talker_id"]
+    [reply] = talker.of_type("bot_message")
+    assert reply["bot"] == "Alice" and reply["turn"] == 2
+    check_stream(talker.events)
+    for event in talker.events:  # every frame is a well-formed event
+        assert parse_event(json.dumps(event)).type == event["type"]
+
+
+async def test_ping_is_answered_by_pong_to_that_client_only(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    created = await create_session(client, participation="reactive")
+    talker = await ws_join(server, created["token"], role="talker", name="Dana")
+    observer = await ws_join(server, created["observer_token"])
+    members.extend([talker, observer])
+    await observer.wait_type("history")
+    await talker.wait_type("history")
+    await talker.send({"type": "ping"})
+    [pong] = await talker.wait_type("pong")
+    assert pong["seq"] == talker.events[-2]["seq"]  # repeats the last session seq
+    await observer.send({"type": "ping"})
+    await observer.wait_type("pong")
+    await talker.say("after the pings")
+    await observer.wait_type("talker_message")
+    assert len(observer.of_type("pong")) == 1
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("this is not json", "invalid_json"),
+        ("[" * 100_000, "invalid_json"),
+        (b"\x00\x01binary", "bad_frame"),
+        ('["a", "list"]', "bad_frame"),
+        ({"type": "shout", "content": "hi"}, "unknown_frame_type"),
+        ({"content": "no type"}, "bad_frame"),
+        ({"type": "user_message"}, "bad_frame"),
+        ({"type": "user_message", "content": 42}, "bad_frame"),
+        ({"type": "user_message", "content": "   "}, "empty_message"),
+        ({"type": "user_message", "content": "x" * 101}, "message_too_long"),
+    ],
+)
+async def test_a_bad_frame_gets_an_error_for_that_client_and_the_connection_goes_on(
+    server_factory: ServerFactory, members: list[WsMember], frame: object, code: str
+) -> None:
+    server = await server_factory(max_message_chars=100)
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        created = await create_session(http, participation="reactive")
+    talker = await ws_join(server, created["token"], role="talker", name="Dana")
+    observer = await ws_join(server, created["observer_token"])
+    members.extend([talker, observer])
+    await talker.wait_type("history")
+    await observer.wait_type("history")
+    await talker.send(frame)  # type: ignore[arg-type]
+    [error] = await talker.wait_type("error")
+    assert error["code"] == code
+    assert error["message"]
+    # The connection and the session go on.
+    await talker.say("a proper message")
+    await talker.wait_type("bot_message")
+    await observer.wait_type("bot_message")
+    assert observer.of_type("error") == []
+    history = server.manager.history(server.manager.open(created["token"]))
+    assert [m.content for m in history if m.kind == "talker"] == ["a proper message"]
+
+
+async def test_an_observer_trying_to_talk_gets_an_error_and_stays_connected(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    created = await create_session(client, participation="reactive")
+    observer = await ws_join(server, created["token"], role="observer")
+    members.append(observer)
+    await observer.say("let me in")
+    [error] = await observer.wait_type("error")
+    assert error["code"] == "observer_cannot_talk"
+    await observer.send({"type": "ping"})
+    await observer.wait_type("pong")
+    assert server.manager.history(server.manager.open(created["token"])) == []
+
+
+# --- refusals: accepted, told why, closed with a code a browser can read ----------------------
+
+
+async def refused(server: RunningServer, token: str, **params: str) -> WsMember:
+    member = await ws_join(server, token, **params)  # type: ignore[arg-type]
+    await member.wait_closed()
+    return member
+
+
+async def test_unknown_token_is_closed_with_4004(server: RunningServer) -> None:
+    member = await refused(server, "fsk_nope")
+    assert member.close_code == 4004
+    assert [e["code"] for e in member.events] == ["not_found"]
+
+
+async def test_observer_token_as_talker_is_closed_with_4003(
+    server: RunningServer, client: httpx.AsyncClient
+) -> None:
+    created = await create_session(client, participation="reactive")
+    member = await refused(server, created["observer_token"], role="talker", name="Eve")
+    assert member.close_code == 4003
+    assert member.events[0]["code"] == "observer_token"
+
+
+async def test_a_talker_is_refused_by_an_autonomous_session_with_4003(
+    server: RunningServer, client: httpx.AsyncClient
+) -> None:
+    created = await create_session(client, participation="autonomous", max_turns=1)
+    member = await refused(server, created["token"], role="talker", name="Dana")
+    assert member.close_code == 4003
+    assert member.events[0]["code"] == "talkers_not_allowed"
+    assert "observer" in (member.close_reason or "")
+
+
+async def test_a_talker_beyond_max_talkers_is_closed_with_4009(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    created = await create_session(client, participation="reactive", max_talkers=1)
+    first = await ws_join(server, created["token"], role="talker", name="Dana")
+    members.append(first)
+    await first.wait_type("history")
+    second = await refused(server, created["token"], role="talker", name="Eve")
+    assert second.close_code == 4009
+    assert second.events[0]["code"] == "too_many_talkers"
+    # The seat frees up when the first talker leaves.
+    await first.close()
+    third = await ws_join(server, created["token"], role="talker", name="Eve")
+    members.append(third)
+    await third.wait_type("history")
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"role": "talker"}, "name_required"),
+        ({"role": "talker", "name": "x" * 65}, "name_too_long"),
+        ({"role": "admin"}, "invalid_parameters"),
+        ({"role": "observer", "since": "soon"}, "invalid_parameters"),
+    ],
+)
+async def test_bad_connect_parameters_are_closed_with_4000(
+    server: RunningServer, client: httpx.AsyncClient, params: dict[str, str], code: str
+) -> None:
+    created = await create_session(client, participation="reactive")
+    member = await refused(server, created["token"], **params)
+    assert member.close_code == 4000
+    assert member.events[0]["code"] == code
+
+
+async def test_session_end_sends_remaining_frames_then_closes_1000(
+    server: RunningServer, client: httpx.AsyncClient
+) -> None:
+    created = await create_session(client, participation="reactive")
+    observer = await ws_join(server, created["observer_token"])
+    await observer.wait_type("history")
+    await client.delete(f"/v1/session/{created['token']}")
+    await observer.wait_closed()
+    assert observer.events[-1]["type"] == "session_end"
+    assert observer.events[-1]["reason"] == "client_request"
+    assert (observer.close_code, observer.close_reason) == (1000, "session ended")
+
+
+async def test_connecting_to_an_ended_session_gives_its_history_then_closes(
+    server: RunningServer, client: httpx.AsyncClient
+) -> None:
+    created = await create_session(client, participation="autonomous", max_turns=2)
+    first = await ws_join(server, created["observer_token"])
+    await first.wait_closed()
+    late = await ws_join(server, created["observer_token"])
+    await late.wait_closed()
+    assert late.events[0]["type"] == "history"
+    assert [m["turn"] for m in late.events[0]["messages"]] == [1, 2]
+    assert late.close_code == 1000
+
+
+async def test_members_joining_and_leaving_are_announced(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    created = await create_session(client, participation="reactive")
+    watcher = await ws_join(server, created["observer_token"], name="Watcher")
+    members.append(watcher)
+    await watcher.wait_type("history")
+    talker = await ws_join(server, created["token"], role="talker", name="Dana")
+    await talker.wait_type("history")
+    await talker.close()
+    [left] = await watcher.wait_type("member_left")
+    assert (left["role"], left["name"]) == ("talker", "Dana")
+    joined = [(e["role"], e["name"]) for e in watcher.of_type("member_joined")]
+    assert joined == [("observer", "Watcher"), ("talker", "Dana")]
+    status = (await client.get(f"/v1/session/{created['token']}")).json()
+    assert status["members"] == {"talkers": [], "observers": 1}
+
+
+async def test_an_unexpected_failure_closes_with_1011_and_an_error_event(
+    server: RunningServer, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = await create_session(client, participation="reactive")
+    talker = await ws_join(server, created["token"], role="talker", name="Dana")
+    await talker.wait_type("history")
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server.manager, "post", broken)
+    await talker.say("hello")
+    await talker.wait_closed()
+    assert talker.close_code == 1011
+    assert talker.events[-1]["type"] == "error"
+    assert talker.events[-1]["code"] == "internal"
+    assert "boom" not in talker.events[-1]["message"]
+    status = (await client.get(f"/v1/session/{created['token']}")).json()
+    assert status["members"]["talkers"] == []
+
+
+async def test_connects_over_the_rate_limit_are_closed_with_4029(
+    server_factory: ServerFactory, members: list[WsMember]
+) -> None:
+    server = await server_factory(rate_limit_per_minute=2)
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        created = await create_session(http, participation="reactive")  # request 1
+    first = await ws_join(server, created["observer_token"])  # request 2
+    members.append(first)
+    await first.wait_type("history")
+    second = await refused(server, created["observer_token"])
+    assert second.close_code == 4029
+    assert second.events[0]["code"] == "rate_limited"
