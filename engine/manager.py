@@ -114,7 +114,11 @@ class SessionManager:
         ended = record.state == "ended"
         if not ended:
             record = record.model_copy(
-                update={"last_seq": record.last_seq + self.settings.restart_seq_gap}
+                update={
+                    "last_seq": record.last_seq + self.settings.restart_seq_gap,
+                    # The stored counter lags a turn that was in flight; history does not.
+                    "bot_turns": sum(1 for m in stored.messages if m.kind == "bot"),
+                }
             )
         spec = SessionSpec.model_validate_json(record.spec_json)
         session = Session(

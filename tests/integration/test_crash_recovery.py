@@ -1,0 +1,199 @@
+"""SIGKILL mid-generation, restart on the same database: nothing any client saw is lost.
+
+The real server runs as a subprocess (`python -m server serve`) against the mock
+backend over loopback. Talkers and observers (WebSocket and SSE) record every
+message event they receive; the server is killed at a seeded random moment, started
+again on the same SQLite file, and every message any client received must still be
+in history at the same position, positions gapless, and the sessions resumable to
+their end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.llm.mock import MockLLM
+from tests.integration.conftest import WsMember, spec_dict, ws_join
+from tests.integration.test_api_shutdown import read_port
+from tests.integration.test_sse_stream import SseReader
+from tests.support.engine import WAIT_SECONDS
+
+REPO = Path(__file__).parents[2]
+SEEDS = [11, 23, 42]
+
+
+class ServerProcess:
+    """`fellowship serve` in a subprocess on a given database."""
+
+    def __init__(self, tmp_path: Path, mock: MockLLM) -> None:
+        self.env = {
+            **os.environ,
+            "LLM_BASE_URL": mock.base_url,
+            "HOST": "127.0.0.1",
+            "PORT": "0",
+            "LOG_DIR": str(tmp_path / "logs"),
+            "DATABASE_PATH": str(tmp_path / "fellowship.db"),
+            "SPECS_DIR": str(REPO / "specs"),
+            "LLM_RETRIES": "0",
+        }
+        self.cwd = tmp_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self._drain: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            cwd=self.cwd,
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self.port = await read_port(self.process, [])
+        self._drain = asyncio.create_task(self._discard_output())
+        return f"127.0.0.1:{self.port}"
+
+    async def _discard_output(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while await self.process.stderr.read(65536):
+            pass
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+        if self._drain is not None:
+            await self._drain
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), WAIT_SECONDS)
+            except TimeoutError:
+                await self.kill()
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[MockLLM]:
+    # Slow enough streaming that a kill lands mid-generation most of the time.
+    async with MockLLM(first_token_ms=30, token_ms=15) as server:
+        yield server
+
+
+def received_messages(events: list[dict[str, Any]]) -> dict[int, str]:
+    """Position → content of every message event, and of the history a client was shown."""
+    seen: dict[int, str] = {}
+    for event in events:
+        if event["type"] == "history":
+            for message in event["messages"]:
+                if message["status"] == "complete":
+                    seen[message["turn"]] = message["content"]
+        elif event["type"] in ("bot_message", "talker_message"):
+            seen[event["turn"]] = event["content"]
+    return seen
+
+
+async def talk(talker: WsMember, rng: random.Random, stop: asyncio.Event) -> None:
+    count = 0
+    while not stop.is_set() and not talker.closed:
+        with contextlib.suppress(Exception):
+            await talker.say(f"talker line {count}")
+        count += 1
+        await asyncio.sleep(rng.uniform(0.05, 0.3))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_sigkill_mid_generation_loses_nothing_any_client_received(
+    tmp_path: Path, mock: MockLLM, seed: int
+) -> None:
+    rng = random.Random(seed)
+    server = ServerProcess(tmp_path, mock)
+    address = await server.start()
+    members: list[WsMember] = []
+    # What each session's clients received: session token -> list of event lists.
+    seen_by: dict[str, list[list[dict[str, Any]]]] = {}
+    stop_talking = asyncio.Event()
+    http = httpx.AsyncClient(base_url=f"http://{address}", timeout=WAIT_SECONDS)
+    try:
+        auto = await create(http, spec_dict(max_turns=24, stream_tokens=True))
+        collab = await create(
+            http, spec_dict(["Tutor", "Critic"], participation="collaborative", max_talkers=2)
+        )
+        observer = await ws_join(f"ws://{address}", auto["observer_token"])
+        talkers = [
+            await ws_join(f"ws://{address}", collab["token"], role="talker", name=name)
+            for name in ("Dana", "Eli")
+        ]
+        collab_observer = await ws_join(f"ws://{address}", collab["observer_token"])
+        members += [observer, *talkers, collab_observer]
+        readers = [
+            SseReader(http, f"/v1/session/{s['observer_token']}/stream", {}) for s in (auto, collab)
+        ]
+        seen_by[auto["token"]] = [observer.events, readers[0].events]
+        seen_by[collab["token"]] = [t.events for t in talkers] + [
+            collab_observer.events,
+            readers[1].events,
+        ]
+        chatter = [asyncio.create_task(talk(t, rng, stop_talking)) for t in talkers]
+
+        await observer.wait_type("bot_message", 2)
+        await asyncio.sleep(rng.uniform(0.1, 1.5))
+        await server.kill()
+        stop_talking.set()
+        await asyncio.gather(*chatter, return_exceptions=True)
+        for member in members:
+            await member.wait_closed()
+        for reader in readers:
+            with contextlib.suppress(Exception):
+                await reader.wait_done()  # the stream was cut by the kill
+        await http.aclose()
+
+        address = await server.start()
+        http = httpx.AsyncClient(base_url=f"http://{address}", timeout=WAIT_SECONDS)
+        for token, clients in seen_by.items():
+            history = (await http.get(f"/v1/session/{token}/history")).json()["messages"]
+            turns = [m["turn"] for m in history]
+            assert turns == list(range(1, len(turns) + 1))
+            assert all(m["status"] in ("complete", "failed") for m in history)
+            stored = {m["turn"]: m["content"] for m in history if m["status"] == "complete"}
+            for events in clients:
+                for turn, content in received_messages(events).items():
+                    assert stored.get(turn) == content, (turn, content)
+            assert (await http.get(f"/v1/session/{token}")).json()["state"] == "paused"
+        # The autonomous session resumes and finishes by max_turns.
+        watcher = await ws_join(f"ws://{address}", auto["observer_token"])
+        members.append(watcher)
+        assert (await http.post(f"/v1/session/{auto['token']}/resume")).status_code == 200
+        await watcher.wait_type("session_end")
+        assert watcher.of_type("session_end")[0]["reason"] == "max_turns"
+        final = (await http.get(f"/v1/session/{auto['token']}/history")).json()["messages"]
+        assert sum(1 for m in final if m["kind"] == "bot") == 24
+    finally:
+        stop_talking.set()
+        for member in members:
+            if not member.closed:
+                await member.ws.close()
+        await http.aclose()
+        await server.stop()
+
+
+async def create(http: httpx.AsyncClient, spec: dict[str, Any]) -> dict[str, Any]:
+    response = await http.post("/v1/session/create", json=spec)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
