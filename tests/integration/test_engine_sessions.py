@@ -13,6 +13,7 @@ from engine.errors import Forbidden, InvalidState, TooMany
 from engine.llm.mock import MockLLM, MockReply
 from engine.llm.mock.models import Fault
 from engine.manager import SessionManager
+from engine.spec.models import SessionSpec
 from tests.support.engine import WAIT_SECONDS, make_settings, spec, watch
 
 
@@ -320,3 +321,45 @@ async def test_a_stream_cut_and_retried_resets_the_streamed_tokens(
     ]
     assert "".join(after) == "Second try works."
     assert watcher.of_type("bot_message")[0].content == "Second try works."
+
+
+async def test_debug_events_cover_every_category_and_carry_no_secrets(
+    manager_factory: Any, mock: MockLLM
+) -> None:
+    manager = await manager_factory()
+    created = await manager.create(
+        SessionSpec.model_validate(
+            {
+                "bots": [{"name": n} for n in ("Alice", "Bob", "Carol")],
+                "options": {
+                    "participation": "collaborative",
+                    "turn_order": "orchestrated",
+                    "max_turns": 4,
+                    "debug": True,
+                    "summarize_context": True,
+                    "max_context_tokens": 300,
+                },
+                "llm": {"api_key": "sk-secret-session-key"},
+            }
+        )
+    )
+    handle = manager.open(created.token)
+    talker = watch(manager, handle, "talker", "Dana")
+    await manager.post(handle, talker.member, "Please discuss tea. " * 10)
+    await talker.wait_type("debug", 1)
+    await talker.wait_for(lambda w: len(w.of_type("bot_message")) >= 3)
+    await manager.post(handle, talker.member, "More tea talk. " * 10)
+    await talker.until_closed()
+    categories = {e.category for e in talker.of_type("debug")}
+    expected = {"llm_call", "orchestrator", "loop", "context_tokens", "rectification"}
+    assert expected <= categories, categories
+    text = "".join(e.model_dump_json() for e in talker.events)
+    assert "sk-secret-session-key" not in text and created.token not in text
+
+
+async def test_no_debug_events_unless_asked(manager_factory: Any, mock: MockLLM) -> None:
+    manager = await manager_factory()
+    created = await manager.create(spec(max_turns=3))
+    watcher = watch(manager, manager.open(created.token))
+    await watcher.until_closed()
+    assert watcher.of_type("debug") == []
