@@ -363,3 +363,30 @@ async def test_no_debug_events_unless_asked(manager_factory: Any, mock: MockLLM)
     watcher = watch(manager, manager.open(created.token))
     await watcher.until_closed()
     assert watcher.of_type("debug") == []
+
+
+async def test_each_message_is_counted_once_whatever_the_history_length(
+    manager_factory: Any, mock: MockLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = await manager_factory()
+    counter = manager.deps.counter
+    counted: list[str] = []
+    original = type(counter).count
+
+    def spy(self: Any, text: str) -> int:
+        counted.append(text)
+        return original(self, text)
+
+    monkeypatch.setattr(type(counter), "count", spy)
+
+    async def counts_per_turn(turns: int) -> int:
+        created = await manager.create(spec(["Alice", "Bob"], max_turns=turns))
+        handle = manager.open(created.token)
+        watcher = watch(manager, handle)
+        await watcher.wait_type("bot_message", turns - 1)
+        before = len(counted)
+        handle.session.context_tokens  # reading the size counts nothing  # noqa: B018
+        await watcher.until_closed()
+        return len(counted) - before
+
+    assert await counts_per_turn(3) == await counts_per_turn(60) == 1
