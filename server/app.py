@@ -19,7 +19,7 @@ from quart_schema import QuartSchema, hide
 from engine.config import Settings
 from engine.manager import SessionManager
 from engine.store.sqlite import SqliteStore
-from server import errors, routes, sse, ws
+from server import console, errors, routes, sse, ws
 from server.openapi import TAGS, FellowshipOpenAPI, api_info
 from server.ratelimit import RateLimiter
 from server.state import EXTENSION_KEY, ServerState, current_state
@@ -82,7 +82,7 @@ def create_app(settings: Settings, *, manager: SessionManager | None = None) -> 
         openapi_provider_class=FellowshipOpenAPI,
     )
     errors.install(app)
-    for blueprint in (routes.blueprint, ws.blueprint, sse.blueprint):
+    for blueprint in (routes.blueprint, ws.blueprint, sse.blueprint, console.blueprint):
         app.register_blueprint(blueprint)
     app.add_url_rule("/docs", "docs", _docs_page)
     _install_guards(app, settings)
