@@ -33,6 +33,12 @@ TEMPLATE_ARTEFACTS = (
     "</s>",
     "<end_of_turn>",
     "<start_of_turn>",
+    # Llama 2 / Mistral markup is plain text to their tokenizers, so no server strips it
+    # when a model echoes it back (seen with small models behind `--chat-template llama2`).
+    "[INST]",
+    "[/INST]",
+    "<<SYS>>",
+    "<</SYS>>",
 )
 
 _TAGS = (THINK_OPEN, THINK_CLOSE, *TEMPLATE_ARTEFACTS)
@@ -325,10 +331,11 @@ def _first_tag(text: str) -> tuple[int, str | None]:
 def _partial_tag_length(text: str, tags: Sequence[str]) -> int:
     """Length of the longest end of `text` that is the beginning of one of `tags`."""
     longest = max(len(tag) for tag in tags) - 1
-    start = text.find("<", max(0, len(text) - longest))
-    while start >= 0:
+    firsts = {tag[0] for tag in tags}
+    for start in range(max(0, len(text) - longest), len(text)):
+        if text[start] not in firsts:
+            continue
         tail = text[start:]
         if any(tag.startswith(tail) and tag != tail for tag in tags):
             return len(tail)
-        start = text.find("<", start + 1)
     return 0
