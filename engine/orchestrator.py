@@ -539,7 +539,10 @@ def _parse_arguments(arguments: Any) -> tuple[Any, bool]:
     try:
         value = json.loads(text)
     except ValueError:
-        return text, False
+        # Some servers repeat the arguments (`{"bot_name": "A"}{"bot_name": "A"}`, seen
+        # with llama-cpp-python's function calling): the first object is the answer.
+        objects = [found for found in _json_objects(text) if isinstance(found, dict)]
+        return (objects[0], False) if objects else (text, False)
     if isinstance(value, str):
         # Double-encoded arguments: a JSON string holding the JSON object.
         try:

@@ -45,6 +45,7 @@ def test_names_match_ignoring_case_and_surrounding_punctuation(value: str, expec
         ("select_speaker", {"who": "Bob"}),
         ("select_speaker", json.dumps(json.dumps({"bot_name": "Bob"}))),
         ("select_speaker", "Bob"),
+        ("select_speaker", '{"bot_name": "Bob"}{"bot_name": "Bob"}'),
     ],
 )
 def test_oddly_shaped_calls_are_read_at_rung_two(name: str, arguments: object) -> None:
