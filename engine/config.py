@@ -122,6 +122,15 @@ class Settings(BaseSettings):
         "Please continue.",
         description="User line put last when a bot's context ends with itself (empty: none).",
     )
+    empty_reply_retries: int = Field(
+        1,
+        ge=0,
+        description="Times a bot is asked again when its reply is empty after cleaning.",
+    )
+    empty_reply_nudge: str = Field(
+        "(Answer as {name} only, in your own words, without a name in front.)",
+        description="Added to the prompt of such a retry; {name} is the bot's name.",
+    )
     max_stop_sequences: int = Field(
         4, ge=0, description="Most stop sequences sent per call (OpenAI accepts at most 4)."
     )

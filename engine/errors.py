@@ -62,3 +62,9 @@ class Unavailable(FellowshipError):
     """A dependency (storage, backend) cannot serve the request right now."""
 
     code = "unavailable"
+
+
+class EmptyReply(FellowshipError):
+    """A bot's reply was empty once cleaned (the turn becomes a tombstone)."""
+
+    code = "empty_reply"

@@ -177,6 +177,45 @@ async def test_a_backend_failing_every_call_leaves_tombstones_and_still_ends_by_
     assert watcher.of_type("session_end")[0].reason == "max_turns"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_reply_spoken_as_someone_else_is_asked_for_again_with_a_nudge(
+    manager_factory: Any, mock: MockLLM, stream: bool
+) -> None:
+    manager = await manager_factory()
+    mock.enqueue(MockReply(content="Bob: I speak for Bob."))
+    mock.enqueue(MockReply(content="I am Alice, thank you."))
+    created = await manager.create(spec(max_turns=1, stream_tokens=stream))
+    handle = manager.open(created.token)
+    watcher = watch(manager, handle)
+    await watcher.until_closed()
+    assert [m.content for m in manager.history(handle)] == ["I am Alice, thank you."]
+    assert watcher.of_type("error") == []
+    first, second = mock.requests
+    assert "Answer as Alice only" not in first.messages[-1].content
+    assert second.messages[:-1] == first.messages[:-1]
+    assert second.messages[-1].role == "user"
+    assert second.messages[-1].content.endswith(
+        "(Answer as Alice only, in your own words, without a name in front.)"
+    )
+    if stream:
+        tokens = "".join(e.token for e in watcher.of_type("token"))
+        assert tokens == "I am Alice, thank you."
+
+
+async def test_a_reply_still_empty_after_the_retries_is_a_tombstone(
+    manager_factory: Any, mock: MockLLM
+) -> None:
+    manager = await manager_factory(empty_reply_retries=2)
+    mock.set_handler(lambda request: MockReply(content="Carol: me again."))
+    created = await manager.create(spec(max_turns=1))
+    handle = manager.open(created.token)
+    watcher = watch(manager, handle)
+    await watcher.until_closed()
+    assert len(mock.requests) == 3
+    assert [e.code for e in watcher.of_type("error")] == ["empty_reply"]
+    assert [m.status for m in manager.history(handle)] == ["failed"]
+
+
 async def test_max_time_ends_a_session_that_is_waiting(manager_factory: Any, mock: MockLLM) -> None:
     manager = await manager_factory()
     created = await manager.create(spec(["A"], participation="reactive", max_time=0.3))
