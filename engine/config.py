@@ -174,6 +174,11 @@ class Settings(BaseSettings):
     ws_ping_seconds: float = Field(
         20.0, gt=0, description="Interval of WebSocket protocol pings from the server."
     )
+    ws_close_timeout: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds to wait for a client's own close frame after closing a WebSocket.",
+    )
 
     # --- server ----------
     host: str = Field("127.0.0.1", description="Address the server binds to.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ValidationError
@@ -46,6 +47,10 @@ from server.state import current_state
 from server.wire import parse_params
 
 blueprint = Blueprint("websocket", __name__)
+
+# JSON may escape a lone surrogate (`"\\ud800"`): valid syntax, but not text that the
+# database or any client can hold, so such a message is refused like bad JSON.
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @blueprint.websocket("/v1/session/<token>/connect")
@@ -97,7 +102,21 @@ async def _refuse(exc: FellowshipError) -> None:
     """Tell the client why in an `error` event, then close with the matching code."""
     with contextlib.suppress(Exception):
         await websocket.send(error_event(exc, seq=0).model_dump_json())
-    await websocket.close(ws_close_code(exc), ws_reason(exc.message))
+    await _close(ws_close_code(exc), ws_reason(exc.message))
+
+
+async def _close(code: int, reason: str) -> None:
+    """Send the close frame, then wait (at most `WS_CLOSE_TIMEOUT`) for the client's.
+
+    Hypercorn drops the TCP connection as soon as the handler returns. A client whose
+    own close frame arrives after that gets a reset, and some (Node's and Chromium's
+    WebSocket) then lose the frames still unread and report 1006 instead of our code.
+    Quart cancels this handler the moment the client's close frame arrives, which ends
+    the wait early; the timeout only bounds a client that never answers.
+    """
+    with contextlib.suppress(Exception):
+        await websocket.close(code, reason)
+    await asyncio.sleep(current_state().settings.ws_close_timeout)
 
 
 class Connection:
@@ -114,6 +133,7 @@ class Connection:
         """Serve the member until the stream ends or the client goes away."""
         sender = asyncio.create_task(self._send_events(), name="ws-send")
         receiver = asyncio.create_task(self._receive_frames(), name="ws-receive")
+        closing: tuple[int, str] | None = None  # None: the client went away first
         try:
             done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
             failed = [t for t in done if not t.cancelled() and t.exception() is not None]
@@ -123,19 +143,18 @@ class Connection:
                 internal = FellowshipError("internal error", code="internal")
                 with contextlib.suppress(Exception):
                     await self._send_to_client(error_event(internal, seq=self.last_seq))
-                await self._close(WS_INTERNAL, "internal error")
+                closing = (WS_INTERNAL, "internal error")
             elif sender in done:
                 reason = self.member.subscription.close_reason
-                await self._close(ws_close_for_reason(reason), ws_reason(reason or ""))
+                closing = (ws_close_for_reason(reason), ws_reason(reason or ""))
         finally:
             for task in (sender, receiver):
                 task.cancel()
             await asyncio.gather(sender, receiver, return_exceptions=True)
+            # Before closing: a talker's seat is free the moment its stream ends.
             self.manager.disconnect(self.handle, self.member)
-
-    async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await websocket.close(code, reason)
+        if closing is not None:
+            await _close(*closing)
 
     async def _send_events(self) -> None:
         async for frame in self.member.subscription:
@@ -182,6 +201,12 @@ def _parse_frame(data: object) -> UserMessageFrame | PingFrame:
             code="unknown_frame_type",
         )
     try:
-        return client_frame_adapter.validate_python(data)
+        frame = client_frame_adapter.validate_python(data)
     except ValidationError:
         raise BadRequest('a user_message needs a text "content"', code="bad_frame") from None
+    if isinstance(frame, UserMessageFrame) and _LONE_SURROGATE.search(frame.content):
+        raise BadRequest(
+            "the frame is not valid JSON text: it escapes a lone surrogate (\\ud800 to \\udfff)",
+            code="invalid_json",
+        )
+    return frame

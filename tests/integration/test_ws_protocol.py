@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Event, Request, TextMessage
 
 from engine.events import parse_event
 from tests.integration.conftest import (
@@ -16,6 +19,7 @@ from tests.integration.conftest import (
     create_session,
     ws_join,
 )
+from tests.support.engine import WAIT_SECONDS
 
 
 async def test_first_frame_is_history_then_live_events_in_seq_order(
@@ -256,3 +260,42 @@ async def test_connects_over_the_rate_limit_are_closed_with_4029(
     second = await refused(server, created["observer_token"])
     assert second.close_code == 4029
     assert second.events[0]["code"] == "rate_limited"
+
+
+async def test_the_server_waits_for_the_clients_close_frame_before_dropping_the_connection(
+    server_factory: ServerFactory,
+) -> None:
+    # Dropping the TCP connection right after our close frame makes some clients (Node's,
+    # Chromium's WebSocket) lose the last frames to a reset and report 1006.
+    server = await server_factory(ws_close_timeout=WAIT_SECONDS)
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        created = await create_session(client, participation="reactive")
+        host, port = server.base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        ws = WSConnection(ConnectionType.CLIENT)
+        path = f"/v1/session/{created['token']}/connect"
+        writer.write(ws.send(Request(host=host, target=path)))
+
+        async def next_event() -> Event:
+            while True:
+                for event in ws.events():
+                    return event
+                data = await asyncio.wait_for(reader.read(65536), WAIT_SECONDS)
+                assert data, "the server dropped the connection"
+                ws.receive_data(data)
+
+        assert isinstance(await next_event(), AcceptConnection)
+        await client.delete(f"/v1/session/{created['token']}")
+        received: list[Event] = []
+        while not received or not isinstance(received[-1], CloseConnection):
+            received.append(await next_event())
+        texts = [json.loads(e.data)["type"] for e in received if isinstance(e, TextMessage)]
+        assert texts[-1] == "session_end"
+        assert received[-1].code == 1000
+        # Still open while our close frame has not been sent...
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), timeout=0.3)
+        # ...and closed by the server once it has.
+        writer.write(ws.send(received[-1].response()))
+        assert await asyncio.wait_for(reader.read(), WAIT_SECONDS) == b""
+        writer.close()
