@@ -341,7 +341,14 @@ class SessionLoop:
             )
             return message, [event]
 
-        await self._record(place)
+        try:
+            await self._record(place)
+        except StorageError as exc:
+            # As in the driver: never go on with a history that could not be stored.
+            session.log.error("storage failure, ending session: %s", exc.message)
+            if self.lifecycle.state != "ended":
+                await self.end("error", exc.message)
+            raise
         session.touch()
         self.started = True
         self.unanswered += 1

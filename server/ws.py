@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ValidationError
@@ -34,6 +33,7 @@ from engine.errors import BadRequest, FellowshipError
 from engine.events import Pong
 from engine.manager import Handle, SessionManager
 from engine.session import Member
+from engine.text import has_lone_surrogate
 from server.api_models import ConnectQuery, PingFrame, UserMessageFrame, client_frame_adapter
 from server.errors import (
     WS_INTERNAL,
@@ -48,9 +48,6 @@ from server.wire import parse_params
 
 blueprint = Blueprint("websocket", __name__)
 
-# JSON may escape a lone surrogate (`"\\ud800"`): valid syntax, but not text that the
-# database or any client can hold, so such a message is refused like bad JSON.
-_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @blueprint.websocket("/v1/session/<token>/connect")
@@ -204,7 +201,7 @@ def _parse_frame(data: object) -> UserMessageFrame | PingFrame:
         frame = client_frame_adapter.validate_python(data)
     except ValidationError:
         raise BadRequest('a user_message needs a text "content"', code="bad_frame") from None
-    if isinstance(frame, UserMessageFrame) and _LONE_SURROGATE.search(frame.content):
+    if isinstance(frame, UserMessageFrame) and has_lone_surrogate(frame.content):
         raise BadRequest(
             "the frame is not valid JSON text: it escapes a lone surrogate (\\ud800 to \\udfff)",
             code="invalid_json",

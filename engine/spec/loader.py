@@ -37,6 +37,7 @@ from engine.spec.models import (
     SessionOptions,
     SessionSpec,
 )
+from engine.text import has_lone_surrogate
 
 try:  # libyaml is much faster; the pure-Python loader has the same interface
     from yaml import CSafeLoader as _YamlLoader
@@ -243,6 +244,7 @@ def read_spec_document(
             value, positions = _read_yaml(text, depth)
     except RecursionError:
         raise MalformedSpec([_too_deep(depth)]) from None
+    _check_text(value)
     if not isinstance(value, dict):
         raise InvalidSpec([_not_a_mapping(value, positions.get(()))])
     return SpecDocument(data=value, format=chosen, positions=positions)
@@ -409,6 +411,22 @@ def _check_depth(value: object, max_depth: int) -> None:
         if depth > max_depth:
             raise MalformedSpec([_too_deep(max_depth)])
         stack.extend((child, depth + 1) for child in children)
+
+
+def _check_text(value: object) -> None:
+    """Refuse keys and strings holding a lone surrogate (iterative, like `_check_depth`)."""
+    stack: list[object] = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, str):
+            if has_lone_surrogate(current):
+                message = "the spec escapes a lone surrogate (\\ud800 to \\udfff): not text"
+                raise MalformedSpec([_issue(message)])
+        elif isinstance(current, Mapping):
+            stack.extend(current.keys())
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
 
 
 def _mark(mark: Any) -> Position:

@@ -1,0 +1,14 @@
+"""Checks on text that arrives from clients before the engine keeps it."""
+
+from __future__ import annotations
+
+import re
+
+# JSON may escape a lone surrogate (`"\ud800"`): valid syntax, but not text that UTF-8
+# (the database, the logs, every client) can hold.
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether `text` holds a code point of U+D800 to U+DFFF, which UTF-8 cannot encode."""
+    return _LONE_SURROGATE.search(text) is not None
