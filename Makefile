@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck generated schema diagrams check-generated clean
+.PHONY: run test test-real lint typecheck generated schema diagrams check-generated clean soak
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: $(STAMP) .env
 test: $(STAMP) lint typecheck check-generated
 	$(BIN)/pytest
 
+## make test-real: build llama.cpp's servers once (cached), then test against a real model
+test-real: $(STAMP)
+	bash tools/real/build.sh
+	FELLOWSHIP_REAL_REQUIRED=1 $(BIN)/pytest tests/real -p no:cacheprovider
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -40,6 +45,10 @@ diagrams: $(STAMP)
 check-generated: $(STAMP)
 	$(BIN)/fellowship schema --check
 	$(BIN)/fellowship diagrams --check
+
+## make soak: 30 sessions for 5 minutes against the real server; memory and descriptors must stay flat
+soak: $(STAMP)
+	$(BIN)/python -m tests.reliability.soak --sessions 30 --minutes 5
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
