@@ -27,7 +27,7 @@ test: $(STAMP) lint typecheck check-generated
 
 ## make test-real: build llama.cpp's servers once (cached), then test against a real model
 test-real: $(STAMP)
-	bash tools/real/build.sh
+	bash tests/real/build.sh
 	FELLOWSHIP_REAL_REQUIRED=1 $(BIN)/pytest tests/real -p no:cacheprovider
 
 lint: $(STAMP)

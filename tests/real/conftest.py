@@ -1,6 +1,6 @@
 """Fixtures of the real-backend tier: llama.cpp servers and a real model on loopback.
 
-`tools/real/build.sh` builds everything once into a cache outside the work tree
+`tests/real/build.sh` builds everything once into a cache outside the work tree
 (`FELLOWSHIP_REAL_CACHE`, default `~/.cache/fellowship/real`): `bin/llama-server`, a
 venv with llama-cpp-python's server, and `model.gguf` (SmolLM2-135M-Instruct). The
 fixtures here start those servers as subprocesses bound to 127.0.0.1 on free ports,
@@ -187,7 +187,7 @@ class RealBackend:
 def _require(path: Path) -> None:
     if path.exists():
         return
-    message = f"{path} is missing: run tools/real/build.sh (or make test-real) first"
+    message = f"{path} is missing: run tests/real/build.sh (or make test-real) first"
     if REQUIRED:
         pytest.fail(message)
     pytest.skip(message)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Start one of the real backends by hand, in the foreground, on 127.0.0.1:
-#   tools/real/serve.sh llama-server [PORT] [extra llama-server flags...]
-#   tools/real/serve.sh python [PORT] [extra llama_cpp.server flags...]
+#   tests/real/serve.sh llama-server [PORT] [extra llama-server flags...]
+#   tests/real/serve.sh python [PORT] [extra llama_cpp.server flags...]
 # then point Fellowship at it: LLM_BASE_URL=http://127.0.0.1:PORT/v1 make run.
-# Run tools/real/build.sh first. The tests start their own servers; this is for people.
+# Run tests/real/build.sh first. The tests start their own servers; this is for people.
 set -euo pipefail
 
 CACHE=${FELLOWSHIP_REAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fellowship/real}
@@ -12,7 +12,7 @@ port=${2:-8080}
 shift $(($# > 2 ? 2 : $#))
 
 for needed in "$CACHE/model.gguf" "$CACHE/bin/llama-server" "$CACHE/venv/bin/python"; do
-  [[ -e "$needed" ]] || { echo "missing $needed: run tools/real/build.sh first" >&2; exit 1; }
+  [[ -e "$needed" ]] || { echo "missing $needed: run tests/real/build.sh first" >&2; exit 1; }
 done
 
 case "$which" in
