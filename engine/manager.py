@@ -36,6 +36,7 @@ from engine.status import LimitReport, MemberCounts, SessionStatus, TokenReport
 from engine.store.base import SessionRecord, Store, StoredSession
 from engine.store.memory import MemoryStore
 from engine.summarizer import restore_summary, summarize
+from engine.text import has_control_chars
 from engine.tokens import get_counter
 
 log = logging.getLogger("fellowship.manager")
@@ -359,10 +360,20 @@ class SessionManager:
         name = name.strip() if name else None
         if name and len(name) > self.settings.max_name_chars:
             raise BadRequest("display name too long", code="name_too_long")
+        if name and has_control_chars(name):
+            raise BadRequest(
+                "a display name is one line, without tabs or control characters",
+                code="invalid_name",
+            )
         if role == "talker":
             self.require_full(handle)
             if not name:
                 raise BadRequest("a talker needs a display name (?name=...)", code="name_required")
+            if name.casefold() in {bot.casefold() for bot in handle.session.bot_names}:
+                # Bots would read this talker's lines as their own or a fellow bot's.
+                raise BadRequest(
+                    f"{name!r} is the name of a bot in this session", code="name_taken"
+                )
         return handle.session.join(role, name, since)
 
     async def post(self, handle: Handle, member: Member, content: str) -> Message:

@@ -11,7 +11,6 @@ Unknown keys are ignored here (`extra="ignore"`); the loader reports them as war
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -27,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from engine.text import has_control_chars
+
 # Both numbers are part of the spec contract (SPEC §2), not tunable server limits.
 BOT_NAME_MAX_CHARS: Final = 64
 ORCHESTRATED_MIN_BOTS: Final = 3
@@ -41,7 +42,6 @@ MEMORY_PATTERN: Final = r"^\s*(none|new|inherit:\s*\S.*)\s*$"
 # What replaces an inherited session's token wherever a spec is shown back.
 REDACTED: Final = "***"
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _refuse_bool(value: object) -> object:
@@ -58,9 +58,7 @@ def _blank_to_none(value: object) -> object:
 
 
 def _check_bot_name(value: str) -> str:
-    # Names become `Name:` prefixes and stop sequences in prompts; a line break would
-    # split a speaker line in two.
-    if _CONTROL_CHARS.search(value):
+    if has_control_chars(value):
         raise PydanticCustomError(
             "bot_name", "must not contain line breaks, tabs or other control characters"
         )

@@ -170,6 +170,9 @@ async def test_a_talker_beyond_max_talkers_is_closed_with_4009(
     [
         ({"role": "talker"}, "name_required"),
         ({"role": "talker", "name": "x" * 65}, "name_too_long"),
+        ({"role": "talker", "name": "Dana\nAlice: I agree"}, "invalid_name"),
+        ({"role": "observer", "name": "tab\there"}, "invalid_name"),
+        ({"role": "talker", "name": " ALICE "}, "name_taken"),
         ({"role": "admin"}, "invalid_parameters"),
         ({"role": "observer", "since": "soon"}, "invalid_parameters"),
     ],
