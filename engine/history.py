@@ -88,9 +88,13 @@ class History:
             self.tokens += message.tokens
         return message
 
-    def visible(self, upto: int | None = None) -> list[Message]:
-        """Complete messages among the first `upto` positions (all when None)."""
-        window = self._messages if upto is None else self._messages[:upto]
+    def visible(self, upto: int | None = None, *, after: int = 0) -> list[Message]:
+        """Complete messages among positions `after`+1 .. `upto` (all when None).
+
+        Positions are list indexes plus one, so the window is a slice: a prompt that
+        sees only the tail after a summary costs the tail, not the whole history.
+        """
+        window = self._messages[after:upto]
         return [m for m in window if m.visible_to_bots]
 
     def pending_reserved(self) -> list[Message]:
