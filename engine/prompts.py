@@ -69,14 +69,27 @@ def context_messages(
     goes last when it would end with `assistant`, so the backend writes a new reply
     instead of continuing the bot's previous one.
     """
-    messages: list[ChatMessage] = []
+    # Runs of one role are collected first and joined once: merging turn by turn would
+    # copy the growing text and build a ChatMessage for every message of a long history.
+    runs: list[tuple[Role, list[str]]] = []
     for message in context:
         if not message.visible_to_bots or not message.content.strip():
             continue
+        role: Role
         if message.kind == "bot" and message.speaker == bot_name:
-            _append(messages, "assistant", message.content, _OWN_JOINER)
+            role, text = "assistant", message.content
         else:
-            _append(messages, "user", f"{message.speaker}: {message.content}", _OTHERS_JOINER)
+            role, text = "user", f"{message.speaker}: {message.content}"
+        if runs and runs[-1][0] == role:
+            runs[-1][1].append(text)
+        else:
+            runs.append((role, [text]))
+    messages = [
+        ChatMessage(
+            role=role, content=(_OWN_JOINER if role == "assistant" else _OTHERS_JOINER).join(texts)
+        )
+        for role, texts in runs
+    ]
 
     if not messages or messages[0].role == "assistant":
         messages.insert(0, ChatMessage(role="user", content=opening_line))
@@ -145,11 +158,3 @@ def _labelled(label: str, text: str | None) -> str:
     if text is None or not text.strip():
         return ""
     return f"{label}:\n{text.strip()}"
-
-
-def _append(messages: list[ChatMessage], role: Role, content: str, joiner: str) -> None:
-    """Add a turn, merging it into the previous one when the role repeats."""
-    if messages and messages[-1].role == role:
-        messages[-1] = ChatMessage(role=role, content=messages[-1].content + joiner + content)
-    else:
-        messages.append(ChatMessage(role=role, content=content))
