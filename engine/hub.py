@@ -73,6 +73,23 @@ class Subscription:
         """Frames queued and not yet read."""
         return len(self._frames)
 
+    def take(self) -> list[Frame]:
+        """Every frame queued now, oldest first, without waiting (empty when none).
+
+        A transport that can write several frames at once takes a whole backlog in one
+        go: one write instead of one per frame is what keeps a burst cheap to deliver
+        to thousands of members.
+        """
+        frames = list(self._frames)
+        self._frames.clear()
+        return frames
+
+    async def wait(self) -> None:
+        """Return once a frame is queued or the stream is closed (frames stay queued)."""
+        while not self._frames and not self.closed:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
     async def next_frame(self) -> Frame | None:
         """The next frame, or None once the stream is closed and drained."""
         while not self._frames:

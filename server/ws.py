@@ -154,9 +154,16 @@ class Connection:
             await _close(*closing)
 
     async def _send_events(self) -> None:
+        # Quart's `websocket.send` yields to the event loop before every frame. A member
+        # with a backlog would then get one frame per pass of the loop while a burst of
+        # arrivals (each announced to everyone) adds many, until its bounded queue
+        # overflows and it is dropped as too slow. The socket is accepted and the queue
+        # is bounded, so the backlog goes out in one go; waiting on the empty queue is
+        # where this task yields.
+        send = websocket._send
         async for frame in self.member.subscription:
             async with self._send_lock:
-                await websocket.send(frame.data)
+                await send(frame.data)
             self.last_seq = frame.seq
 
     async def _send_to_client(self, event: BaseModel) -> None:
