@@ -6,6 +6,11 @@ one transaction, committed before the call returns. A write is shielded from
 cancellation: once started it commits or rolls back as a whole, even if the
 task that asked for it is cancelled meanwhile.
 
+Every statement is a round trip to aiosqlite's thread, which costs more than the
+statement itself. A write of a single statement (a message, the session row, the
+hot path of every turn) therefore runs without BEGIN/COMMIT: SQLite makes a lone
+statement its own transaction, all or nothing, committed when it returns.
+
 Every SQLite failure comes out as a `StorageError` that says what happened
 (read-only, disk full, not a database, damaged, locked) and which file.
 """
@@ -145,8 +150,12 @@ _LIVE_MEMORY = """
     SELECT session_id, text FROM memory
     WHERE session_id IN (SELECT id FROM sessions WHERE state != 'ended')
 """
-_UPSERT_EVENT = """
-    INSERT INTO events (session_id, seq, type, data) VALUES (?, ?, ?, ?)
+# Several rows per statement (one round trip), at most this many: 4 placeholders each
+# stays under SQLite's oldest bound of 999 per statement.
+EVENT_ROWS_PER_STATEMENT = 200
+_EVENT_ROW = "(?, ?, ?, ?)"
+_UPSERT_EVENTS = """
+    INSERT INTO events (session_id, seq, type, data) VALUES {rows}
     ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, data = excluded.data
 """
 # Everything up to the (keep_last + 1)-th newest event goes.
@@ -385,9 +394,13 @@ class SqliteStore(Store):
         *,
         write: bool,
         session_id: str | None = None,
+        single: bool = False,
     ) -> T:
         # Shielded: a cancelled caller must not leave a transaction half done.
-        return await asyncio.shield(self._guarded(work, write=write, session_id=session_id))
+        # `single`: `work` is one statement, already a transaction of its own.
+        return await asyncio.shield(
+            self._guarded(work, write=write, session_id=session_id, single=single)
+        )
 
     async def _guarded(
         self,
@@ -395,13 +408,14 @@ class SqliteStore(Store):
         *,
         write: bool,
         session_id: str | None,
+        single: bool,
     ) -> T:
         async with self._lock:
             conn = self._conn
             if conn is None:
                 raise self._error("closed", "the store is not open")
             try:
-                if not write:
+                if not write or single:
                     return await work(conn)
                 await conn.execute_fetchall("BEGIN IMMEDIATE")
                 try:
@@ -424,7 +438,7 @@ class SqliteStore(Store):
         async def work(conn: aiosqlite.Connection) -> None:
             await conn.execute_fetchall(_UPSERT_SESSION, _session_row(record))
 
-        await self._run(work, write=True)
+        await self._run(work, write=True, single=True)
 
     async def load_sessions(self, *, include_ended: bool) -> list[SessionRecord]:
         async def work(conn: aiosqlite.Connection) -> list[SessionRecord]:
@@ -467,7 +481,7 @@ class SqliteStore(Store):
         async def work(conn: aiosqlite.Connection) -> None:
             await conn.execute_fetchall(_UPSERT_MESSAGE, _message_row(session_id, message))
 
-        await self._run(work, write=True, session_id=session_id)
+        await self._run(work, write=True, session_id=session_id, single=True)
 
     async def load_messages(self, session_id: str) -> list[Message]:
         async def work(conn: aiosqlite.Connection) -> list[Message]:
@@ -525,16 +539,19 @@ class SqliteStore(Store):
         self, session_id: str, events: Sequence[EventRecord], *, keep_last: int | None = None
     ) -> None:
         async def work(conn: aiosqlite.Connection) -> None:
-            # Checked here too: an empty batch inserts nothing the foreign key could refuse.
-            known = await conn.execute_fetchall(
-                "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
-            )
-            if not list(known):
-                raise unknown_session(session_id, str(self.path))
-            cursor = await conn.executemany(
-                _UPSERT_EVENT, [(session_id, e.seq, e.type, e.data) for e in events]
-            )
-            await cursor.close()
+            if not events:
+                # An empty batch inserts nothing the foreign key could refuse: look.
+                known = await conn.execute_fetchall(
+                    "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
+                )
+                if not list(known):
+                    raise unknown_session(session_id, str(self.path))
+            for start in range(0, len(events), EVENT_ROWS_PER_STATEMENT):
+                chunk = events[start : start + EVENT_ROWS_PER_STATEMENT]
+                # Only the number of placeholder groups varies; every value is a parameter.
+                sql = _UPSERT_EVENTS.format(rows=", ".join([_EVENT_ROW] * len(chunk)))
+                values = [v for e in chunk for v in (session_id, e.seq, e.type, e.data)]
+                await conn.execute_fetchall(sql, values)
             if keep_last is not None:
                 await conn.execute_fetchall(_PRUNE_EVENTS, (session_id, session_id, keep_last))
 
