@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import secrets
@@ -97,11 +98,20 @@ class SessionManager:
     async def start(self) -> None:
         """Open the store, bring back stored sessions, start housekeeping."""
         await self.deps.store.open()
-        for stored in await self.deps.store.load_all(include_ended=True):
-            try:
-                await self._restore(stored)
-            except Exception:
-                log.exception("could not restore session %s", stored.record.id)
+        # Restoring creates a great many objects that live on (every message, every
+        # buffered event): the cyclic collector would walk them again and again while
+        # they are made. It is paused until they are all in place.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for stored in await self.deps.store.load_all(include_ended=True):
+                try:
+                    await self._restore(stored)
+                except Exception:
+                    log.exception("could not restore session %s", stored.record.id)
+        finally:
+            if collecting:
+                gc.enable()
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
 
     async def _restore(self, stored: StoredSession) -> None:
