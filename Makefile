@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-real lint typecheck generated schema diagrams check-generated clean soak
+.PHONY: run test test-real lint typecheck generated schema diagrams check-generated clean bench soak
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ diagrams: $(STAMP)
 check-generated: $(STAMP)
 	$(BIN)/fellowship schema --check
 	$(BIN)/fellowship diagrams --check
+
+## make bench: set up, then run every benchmark (table, and bench/results/latest.json)
+# Thousands of observers need as many sockets: the open-file limit is raised first.
+bench: $(STAMP)
+	want=65536; hard=$$(ulimit -Hn); \
+	if [ "$$hard" != unlimited ] && [ "$$hard" -lt "$$want" ]; then want=$$hard; fi; \
+	ulimit -n "$$want" && $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## make soak: 30 sessions for 5 minutes against the real server; memory and descriptors must stay flat
 soak: $(STAMP)
