@@ -117,6 +117,31 @@ async def mock() -> AsyncIterator[MockLLM]:
         yield backend
 
 
+ManagerFactory = Callable[..., Awaitable[SessionManager]]
+
+
+@pytest.fixture
+async def manager_factory(tmp_path: Path, mock: MockLLM) -> AsyncIterator[ManagerFactory]:
+    """Start engines (no HTTP server) on the mock with settings overrides; all closed after."""
+    managers: list[SessionManager] = []
+
+    async def make(**overrides: Any) -> SessionManager:
+        manager = SessionManager(make_settings(tmp_path, mock.base_url, **overrides))
+        await manager.start()
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in managers:
+        await manager.close()
+
+
+@pytest.fixture
+async def manager(manager_factory: ManagerFactory) -> SessionManager:
+    """An engine on the mock with the test settings."""
+    return await manager_factory()
+
+
 ServerFactory = Callable[..., Awaitable[RunningServer]]
 
 

@@ -1,7 +1,8 @@
 """Fixtures and helpers for tests of the LLM client against the mock backend.
 
 Import the fixtures you use into a test module
-(`from tests.integration.llm_fixtures import mock, ...`).
+(`from tests.integration.llm_fixtures import llm_client, ...`); the `mock` backend
+fixture comes from the package conftest.
 """
 
 from __future__ import annotations
@@ -90,12 +91,6 @@ class TokenSink:
     @property
     def text(self) -> str:
         return "".join(self.tokens)
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockLLM]:
-    async with MockLLM() as server:
-        yield server
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +12,6 @@ from engine.llm.mock import MockLLM, MockReply
 from engine.manager import SessionManager
 from engine.store.sqlite import SqliteStore
 from tests.support.engine import WAIT_SECONDS, make_settings, spec, watch
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockLLM]:
-    async with MockLLM() as server:
-        yield server
 
 
 async def start_manager(tmp_path: Path, mock: MockLLM, **overrides: Any) -> SessionManager:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,30 +10,8 @@ import pytest
 from engine.errors import Forbidden, InvalidState, TooMany
 from engine.llm.mock import MockLLM, MockReply
 from engine.llm.mock.models import Fault
-from engine.manager import SessionManager
 from engine.spec.models import SessionSpec
-from tests.support.engine import WAIT_SECONDS, make_settings, spec, watch
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockLLM]:
-    async with MockLLM() as server:
-        yield server
-
-
-@pytest.fixture
-async def manager_factory(tmp_path: Path, mock: MockLLM) -> AsyncIterator[Any]:
-    managers: list[SessionManager] = []
-
-    async def make(**overrides: Any) -> SessionManager:
-        manager = SessionManager(make_settings(tmp_path, mock.base_url, **overrides))
-        await manager.start()
-        managers.append(manager)
-        return manager
-
-    yield make
-    for manager in managers:
-        await manager.close()
+from tests.support.engine import WAIT_SECONDS, spec, watch
 
 
 async def test_autonomous_round_robin_gives_nine_messages_in_order_then_max_turns(

@@ -18,13 +18,12 @@ from tests.integration.llm_fixtures import (
     chat_request,
     llm_client,
     llm_settings,
-    mock,
     select_speaker_tool,
     settings,
     sleeper,
 )
 
-__all__ = ["llm_client", "mock", "settings", "sleeper"]  # fixtures used by name
+__all__ = ["llm_client", "settings", "sleeper"]  # fixtures used by name
 
 
 async def test_whole_reply_carries_default_text_usage_model_and_one_attempt(

@@ -8,9 +8,7 @@ from collections.abc import Awaitable, Callable
 from engine.llm.client import LLMClient
 from engine.llm.mock import Fault, MockLLM, MockReply, RecordedRequest
 from engine.llm.types import Completion
-from tests.integration.llm_fixtures import RecordingSleep, chat_request, llm_settings, mock
-
-__all__ = ["mock"]  # fixture used by name
+from tests.integration.llm_fixtures import RecordingSleep, chat_request, llm_settings
 
 
 class Gate:

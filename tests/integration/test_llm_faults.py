@@ -27,12 +27,12 @@ from tests.integration.llm_fixtures import (
     chat_request,
     llm_client,
     llm_settings,
-    mock,
     settings,
     sleeper,
 )
 
-__all__ = ["llm_client", "mock", "settings", "sleeper"]  # fixtures used by name
+__all__ = ["llm_client", "settings", "sleeper"]  # fixtures used by name
+
 
 SECRET = "sk-test-DO-NOT-LEAK-42"
 

@@ -8,8 +8,6 @@ the memory each call was shown.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -18,21 +16,7 @@ from engine.manager import SessionManager
 from engine.memory import MEMORY_INSTRUCTIONS, write_memory
 from engine.spec.loader import InvalidSpec
 from tests.support.direct_session import bare_session
-from tests.support.engine import WAIT_SECONDS, make_settings, spec, watch
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockLLM]:
-    async with MockLLM() as server:
-        yield server
-
-
-@pytest.fixture
-async def manager(tmp_path: Path, mock: MockLLM) -> AsyncIterator[SessionManager]:
-    manager = SessionManager(make_settings(tmp_path, mock.base_url))
-    await manager.start()
-    yield manager
-    await manager.close()
+from tests.support.engine import WAIT_SECONDS, spec, watch
 
 
 def is_memory_call(request: RecordedRequest) -> bool:

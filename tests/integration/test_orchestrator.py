@@ -7,8 +7,6 @@ the manager, which picks `Orchestrator` for `turn_order: orchestrated`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,26 +16,16 @@ from engine.manager import SessionManager
 from engine.orchestrator import Orchestrator
 from engine.session import Session
 from engine.speakers import Decision
+from tests.integration.conftest import ManagerFactory
 from tests.support.direct_session import bare_session, drain
-from tests.support.engine import make_settings, spec, watch
+from tests.support.engine import spec, watch
 
 CONVERSATION = [("Alice", "Espresso is the only serious coffee."), ("Bob", "Tea, surely.")]
 
 
 @pytest.fixture
-async def mock() -> AsyncIterator[MockLLM]:
-    async with MockLLM() as server:
-        yield server
-
-
-@pytest.fixture
-async def manager(tmp_path: Path, mock: MockLLM) -> AsyncIterator[SessionManager]:
-    manager = SessionManager(
-        make_settings(tmp_path, mock.base_url, default_orchestrator_model="router-1")
-    )
-    await manager.start()
-    yield manager
-    await manager.close()
+async def manager(manager_factory: ManagerFactory) -> SessionManager:
+    return await manager_factory(default_orchestrator_model="router-1")
 
 
 async def decide(session: Session) -> tuple[Decision, dict[str, Any]]:

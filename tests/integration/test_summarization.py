@@ -7,17 +7,12 @@ without a loop.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from engine.llm.mock import MockLLM, MockReply, RecordedRequest, bot_name
 from engine.manager import SessionManager
 from engine.spec.models import SessionSpec
 from engine.summarizer import SUMMARY_INSTRUCTIONS, summarize
 from tests.support.direct_session import bare_session
-from tests.support.engine import make_settings, spec, watch
+from tests.support.engine import spec, watch
 
 LIMIT = 600
 # About 45 tokens: long enough that 50 turns make well over 2 000 tokens of history.
@@ -26,20 +21,6 @@ FILLER = (
     "milk for some, a kettle for the tea drinkers, and a fair rota so that everyone "
     "shares the washing up after the morning rush."
 )
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockLLM]:
-    async with MockLLM() as server:
-        yield server
-
-
-@pytest.fixture
-async def manager(tmp_path: Path, mock: MockLLM) -> AsyncIterator[SessionManager]:
-    manager = SessionManager(make_settings(tmp_path, mock.base_url))
-    await manager.start()
-    yield manager
-    await manager.close()
 
 
 def is_summary_call(request: RecordedRequest) -> bool:
