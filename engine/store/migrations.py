@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiosqlite
@@ -147,6 +148,21 @@ async def check_schema(conn: aiosqlite.Connection, *, where: str) -> int:
     return version
 
 
+@contextlib.asynccontextmanager
+async def transaction(conn: aiosqlite.Connection) -> AsyncIterator[None]:
+    """One write transaction on an autocommit connection: committed, or rolled back whole."""
+    await conn.execute_fetchall("BEGIN IMMEDIATE")
+    try:
+        yield
+        await conn.execute_fetchall("COMMIT")
+    except BaseException:
+        # SQLite may already have rolled back (a full disk does).
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.execute_fetchall("ROLLBACK")
+        raise
+
+
 async def migrate(conn: aiosqlite.Connection, *, where: str, target: int = LATEST_VERSION) -> int:
     """Bring the schema up to `target` and return the version reached.
 
@@ -158,8 +174,7 @@ async def migrate(conn: aiosqlite.Connection, *, where: str, target: int = LATES
     for migration in MIGRATIONS:
         if not version < migration.version <= target:
             continue
-        await conn.execute_fetchall("BEGIN IMMEDIATE")
-        try:
+        async with transaction(conn):
             # Another process may have migrated while we waited for the write lock.
             if (await schema_version(conn) or 0) < migration.version:
                 for statement in migration.statements:
@@ -169,11 +184,5 @@ async def migrate(conn: aiosqlite.Connection, *, where: str, target: int = LATES
                     "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
                     (migration.version, migration.summary),
                 )
-            await conn.execute_fetchall("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.execute_fetchall("ROLLBACK")
-            raise
         version = migration.version
     return version

@@ -43,7 +43,7 @@ from engine.store.base import (
     StoredSession,
     unknown_session,
 )
-from engine.store.migrations import LATEST_VERSION, check_schema, migrate
+from engine.store.migrations import LATEST_VERSION, check_schema, migrate, transaction
 
 log = logging.getLogger("fellowship.store")
 
@@ -417,17 +417,8 @@ class SqliteStore(Store):
             try:
                 if not write or single:
                     return await work(conn)
-                await conn.execute_fetchall("BEGIN IMMEDIATE")
-                try:
-                    result = await work(conn)
-                    await conn.execute_fetchall("COMMIT")
-                except BaseException:
-                    # SQLite may already have rolled back (a full disk does).
-                    if conn.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            await conn.execute_fetchall("ROLLBACK")
-                    raise
-                return result
+                async with transaction(conn):
+                    return await work(conn)
             except (sqlite3.Error, OSError, _BadRow) as exc:
                 raise self._translate(exc, session_id) from exc
 
