@@ -146,11 +146,18 @@ class Store(ABC):
 
     @abstractmethod
     async def save_events(
-        self, session_id: str, events: Sequence[EventRecord], *, keep_last: int | None = None
+        self,
+        session_id: str,
+        events: Sequence[EventRecord],
+        *,
+        messages: Sequence[Message] = (),
+        keep_last: int | None = None,
     ) -> None:
-        """Store published events (insert or replace by seq), in one write.
+        """Store published events (insert or replace by seq) with the history positions
+        they announce (insert or replace by turn), all in one write: all or nothing.
 
         With `keep_last`, only that many most recent events of the session are kept.
+        Raises `StorageError` (problem `unknown_session`) if the session is not stored.
         """
 
     @abstractmethod

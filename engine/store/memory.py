@@ -79,9 +79,16 @@ class MemoryStore(Store):
         return self._memory.get(session_id)
 
     async def save_events(
-        self, session_id: str, events: Sequence[EventRecord], *, keep_last: int | None = None
+        self,
+        session_id: str,
+        events: Sequence[EventRecord],
+        *,
+        messages: Sequence[Message] = (),
+        keep_last: int | None = None,
     ) -> None:
         self._require(session_id)
+        for message in messages:
+            await self.save_message(session_id, message)
         stored = self._events.setdefault(session_id, {})
         for event in events:
             stored[event.seq] = event.model_copy()

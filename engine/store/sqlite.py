@@ -527,16 +527,23 @@ class SqliteStore(Store):
 
     # --- events ----------
     async def save_events(
-        self, session_id: str, events: Sequence[EventRecord], *, keep_last: int | None = None
+        self,
+        session_id: str,
+        events: Sequence[EventRecord],
+        *,
+        messages: Sequence[Message] = (),
+        keep_last: int | None = None,
     ) -> None:
         async def work(conn: aiosqlite.Connection) -> None:
-            if not events:
+            if not events and not messages:
                 # An empty batch inserts nothing the foreign key could refuse: look.
                 known = await conn.execute_fetchall(
                     "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
                 )
                 if not list(known):
                     raise unknown_session(session_id, str(self.path))
+            for message in messages:
+                await conn.execute_fetchall(_UPSERT_MESSAGE, _message_row(session_id, message))
             for start in range(0, len(events), EVENT_ROWS_PER_STATEMENT):
                 chunk = events[start : start + EVENT_ROWS_PER_STATEMENT]
                 # Only the number of placeholder groups varies; every value is a parameter.

@@ -251,6 +251,24 @@ async def test_keep_last_prunes_all_but_the_newest_events(store: Store) -> None:
     assert [e.seq for e in await store.load_events("s1")] == [6, 7, 8]
 
 
+async def test_events_and_the_messages_they_announce_are_stored_together(store: Store) -> None:
+    await with_session(store)
+    await store.save_message("s1", message(1).model_copy(update={"status": "reserved"}))
+    events = [EventRecord(seq=s, type="bot_message", data="{}") for s in (4, 5)]
+    await store.save_events("s1", events, messages=[message(1), message(2)])
+    assert await store.load_messages("s1") == [message(1), message(2)]
+    assert [e.seq for e in await store.load_events("s1")] == [4, 5]
+
+
+async def test_events_with_messages_for_an_unknown_session_store_nothing(store: Store) -> None:
+    with pytest.raises(StorageError) as refused:
+        await store.save_events(
+            "ghost", [EventRecord(seq=1, type="t", data="{}")], messages=[message(1)]
+        )
+    assert refused.value.problem == "unknown_session"
+    assert await store.load_events("ghost") == [] and await store.load_messages("ghost") == []
+
+
 # --- deletion and retention ----------
 async def test_deleting_a_session_forgets_everything_stored_for_it(store: Store) -> None:
     await with_session(store, "gone")
