@@ -8,6 +8,7 @@ shown to bots.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -30,7 +31,11 @@ class Message(BaseModel):
     status: MessageStatus = Field("complete", description="reserved, complete or failed.")
     ts: datetime = Field(description="When the position was taken (UTC).")
     tokens: int = Field(0, ge=0, description="tiktoken count of the content.")
-    usage: Usage | None = Field(None, description="Backend usage for a bot reply, if reported.")
+    usage: Usage | None = Field(
+        None,
+        description="Backend usage of every call made for this bot turn (retries included), "
+        "if reported; a tombstone keeps the usage of its calls too.",
+    )
 
     @property
     def visible_to_bots(self) -> bool:
@@ -38,17 +43,45 @@ class Message(BaseModel):
         return self.status == "complete"
 
 
+def add_usage(first: Usage | None, second: Usage | None) -> Usage | None:
+    """The sum of two calls' usage (None when neither reported any)."""
+    if first is None or second is None:
+        return first or second
+    return Usage(
+        prompt_tokens=first.prompt_tokens + second.prompt_tokens,
+        completion_tokens=first.completion_tokens + second.completion_tokens,
+        total_tokens=first.total_tokens + second.total_tokens,
+    )
+
+
+@dataclass(slots=True)
+class UsageTotals:
+    """Backend-reported usage, overall and per bot."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    by_bot: dict[str, Usage] = field(default_factory=dict)
+
+    def add(self, bot: str, usage: Usage) -> None:
+        """Count one turn's usage."""
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.by_bot[bot] = add_usage(self.by_bot.get(bot), usage) or usage
+
+
 class History:
     """The ordered positions of one session, with a running token total.
 
     Append-only, except that a reserved slot is replaced exactly once. The token
     total covers complete messages and is kept up to date on every change, so the
-    context size is O(1) to read whatever the history length.
+    context size is O(1) to read whatever the history length. Usage totals are kept
+    the same way from each message's `usage`, so they are rebuilt with the history.
     """
 
     def __init__(self, messages: list[Message] | None = None) -> None:
         self._messages: list[Message] = []
         self.tokens = 0
+        self.usage = UsageTotals()
         for message in messages or []:
             self.append(message)
 
@@ -74,8 +107,7 @@ class History:
         if message.turn != self.next_turn:
             raise ValueError(f"position {message.turn} is not the next one ({self.next_turn})")
         self._messages.append(message)
-        if message.visible_to_bots:
-            self.tokens += message.tokens
+        self._count(message)
         return message
 
     def fill(self, message: Message) -> Message:
@@ -84,9 +116,14 @@ class History:
         if current.status != "reserved":
             raise ValueError(f"position {message.turn} is not reserved")
         self._messages[message.turn - 1] = message
+        self._count(message)
+        return message
+
+    def _count(self, message: Message) -> None:
         if message.visible_to_bots:
             self.tokens += message.tokens
-        return message
+        if message.usage is not None:
+            self.usage.add(message.speaker, message.usage)
 
     def visible(self, upto: int | None = None, *, after: int = 0) -> list[Message]:
         """Complete messages among positions `after`+1 .. `upto` (all when None).

@@ -62,9 +62,9 @@ class Rectifier:
         """Record a bot's reply in its slot (or at the next position without rectification)."""
         return self._settle(slot, content=content, tokens=tokens, usage=usage, status="complete")
 
-    def fail(self, slot: Slot) -> Message:
-        """Record a tombstone for a turn whose call failed for good."""
-        return self._settle(slot, content="", tokens=0, usage=None, status="failed")
+    def fail(self, slot: Slot, usage: Usage | None = None) -> Message:
+        """Record a tombstone for a turn whose call failed for good (keeping what it cost)."""
+        return self._settle(slot, content="", tokens=0, usage=usage, status="failed")
 
     def _settle(
         self, slot: Slot, *, content: str, tokens: int, usage: Usage | None, status: str

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from engine.context import select_context
 from engine.errors import EmptyReply, FellowshipError
 from engine.events import TokenEvent, TokenReset
+from engine.history import add_usage
 from engine.hygiene import StreamCleaner, clean_reply
 from engine.llm.client import RetryNotice
 from engine.llm.errors import LLMError
@@ -87,7 +88,9 @@ async def run_turn(session: Session, slot: Slot) -> TurnOutcome:
         if outcome.shown:
             session.emit(TokenReset(bot=slot.bot, turn=slot.turn))
         request = nudged(request, settings.empty_reply_nudge.replace("{name}", slot.bot))
+        spent = outcome.usage
         outcome = await _generate(session, slot, request)
+        outcome.usage = add_usage(spent, outcome.usage)  # the turn is charged every call
     return outcome
 
 
@@ -144,8 +147,6 @@ async def _generate(session: Session, slot: Slot, request: ChatRequest) -> TurnO
     if request.stream:
         show(cleaner.finish())
     _debug_call(session, slot.bot, request, completion)
-    if completion.usage is not None:
-        session.usage.add(slot.bot, completion.usage)
     cleaned = clean_reply(
         completion.content, own_name=slot.bot, other_names=others, reasoning=completion.reasoning
     )
