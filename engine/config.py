@@ -140,9 +140,6 @@ class Settings(BaseSettings):
     loop_error_backoff: float = Field(
         0.5, ge=0, description="Seconds the loop waits after an internal error before going on."
     )
-    restart_seq_gap: int = Field(
-        100000, ge=1, description="How far event numbering jumps after a restart (never repeats)."
-    )
     housekeeping_interval: float = Field(
         1.0, gt=0, description="Seconds between checks of time limits and idle sessions."
     )

@@ -23,7 +23,6 @@ EndReason = Literal[
     "client_request",
     "idle_timeout",
     "error",
-    "server_restart",
 ]
 MemberRole = Literal["talker", "observer"]
 DebugCategory = Literal[

@@ -77,6 +77,8 @@ class SessionLoop:
         self._errors_in_a_row = 0
         self.ended = asyncio.Event()
         self._changed = asyncio.Event()
+        self._ending: asyncio.Task[None] | None = None
+        session.hub.on_persist_error = self._events_not_stored
 
     # --- task ----------
     def start(self) -> None:
@@ -197,7 +199,7 @@ class SessionLoop:
                 ]
             else:
                 assert outcome.error is not None
-                message = session.rectifier.fail(slot)
+                message = session.rectifier.fail(slot, outcome.usage)
                 events = [
                     ErrorEvent(
                         message=outcome.error.message, code=outcome.error.code, turn=message.turn
@@ -379,6 +381,17 @@ class SessionLoop:
             with contextlib.suppress(StorageError):
                 await self._settle(slot, TurnOutcome(error=error))
         await self._finish(reason, detail)
+
+    def _events_not_stored(self, exc: Exception) -> None:
+        # As with history: never go on with events that could not be stored.
+        if self.lifecycle.state == "ended" or self._ending is not None:
+            return
+        self.session.log.error("storage failure (events), ending session: %s", exc)
+        self._ending = asyncio.create_task(self._end_quietly("error", f"events not stored: {exc}"))
+
+    async def _end_quietly(self, reason: str, detail: str) -> None:
+        with contextlib.suppress(InvalidState):
+            await self.end(reason, detail)
 
     async def stop(self) -> None:
         """Stop the driver without ending the session (server shutdown)."""

@@ -16,6 +16,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from pydantic import BaseModel, Field
 
@@ -23,7 +24,7 @@ from engine.auth import Access, hashes_match, mint_token, token_hash
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
 from engine.errors import BadRequest, FellowshipError, Forbidden, NotFound, TooMany
-from engine.events import ErrorEvent, MemberRole, SessionPaused
+from engine.events import BaseEvent, ErrorEvent, MemberRole, SessionPaused
 from engine.history import History, Message
 from engine.hub import CLOSE_SHUTDOWN, Frame
 from engine.llm.client import Backend, LLMClient
@@ -118,19 +119,15 @@ class SessionManager:
         """Bring a stored session back: ended ones readable, live ones paused.
 
         A reply that was being generated when the process stopped becomes a
-        tombstone. Event numbering resumes above anything that may have been sent
-        but not stored (streamed tokens), so `seq` never repeats.
+        tombstone. Every event anyone was shown is in the store, so numbering goes
+        on from the last stored event and replay covers what the store kept.
         """
         record = stored.record
         ended = record.state == "ended"
         if not ended:
-            record = record.model_copy(
-                update={
-                    "last_seq": record.last_seq + self.settings.restart_seq_gap,
-                    # The stored counter lags a turn that was in flight; history does not.
-                    "bot_turns": sum(1 for m in stored.messages if m.kind == "bot"),
-                }
-            )
+            # The stored counter lags a turn that was in flight; history does not.
+            bot_turns = sum(1 for m in stored.messages if m.kind == "bot")
+            record = record.model_copy(update={"bot_turns": bot_turns})
         spec = SessionSpec.model_validate_json(record.spec_json)
         session = Session(
             record=record,
@@ -143,7 +140,7 @@ class SessionManager:
         if stored.summary is not None:
             restore_summary(session, *stored.summary)
         events = await self.deps.store.load_events(session.id)
-        session.hub.preload([Frame(e.seq, e.type, e.data) for e in events])
+        session.hub.restore([Frame(e.seq, e.type, e.data) for e in events], record.last_seq)
         loop = self._adopt(session, restored="ended" if ended else "paused")
         if ended:
             session.hub.close()
@@ -154,16 +151,7 @@ class SessionManager:
         loop.started = spec.options.participation == "autonomous" or bool(talker_turns)
         loop.unanswered = sum(1 for turn in talker_turns if turn > last_bot)
         for message in session.history.pending_reserved():
-            tomb = message.model_copy(update={"status": "failed", "content": ""})
-            session.history.fill(tomb)
-            await self.deps.store.save_message(session.id, tomb)
-            session.emit(
-                ErrorEvent(
-                    message="the server restarted during this generation",
-                    code="server_restart",
-                    turn=tomb.turn,
-                )
-            )
+            await session.commit(partial(_restart_tombstone, session, message))
         session.emit(SessionPaused(reason="server_restart"))
         await session.save(state="paused")
         loop.start()
@@ -188,6 +176,8 @@ class SessionManager:
         loops = [loop for loop in self._loops.values() if loop.machine.state != "ended"]
         await asyncio.gather(*(loop.stop() for loop in loops), return_exceptions=True)
         await asyncio.gather(*(loop.wait_stopped() for loop in self._loops.values()))
+        # Events still being written are stored (and delivered) before the store closes.
+        await asyncio.gather(*(loop.session.hub.flushed() for loop in self._loops.values()))
         for loop in loops:
             with contextlib.suppress(Exception):
                 await loop.session.save()
@@ -315,7 +305,7 @@ class SessionManager:
             end_reason=record.end_reason,
             bot_turns=record.bot_turns,
             messages=len(session.history),
-            last_seq=session.hub.last_seq,
+            last_seq=session.hub.durable_seq,
             members=MemberCounts(
                 talkers=[m.name or "" for m in session.members.values() if m.role == "talker"],
                 observers=sum(1 for m in session.members.values() if m.role == "observer"),
@@ -453,6 +443,15 @@ class SessionManager:
     def live_sessions(self) -> int:
         """Sessions not ended."""
         return sum(1 for loop in self._loops.values() if loop.machine.state != "ended")
+
+
+def _restart_tombstone(session: Session, reserved: Message) -> tuple[Message, list[BaseEvent]]:
+    """A reply cut by the restart: its slot becomes a tombstone, announced by an error."""
+    tomb = session.history.fill(reserved.model_copy(update={"status": "failed", "content": ""}))
+    notice = ErrorEvent(
+        message="the server restarted during this generation", code="server_restart", turn=tomb.turn
+    )
+    return tomb, [notice]
 
 
 def _storage_json(spec: SessionSpec) -> str:

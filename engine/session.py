@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,10 +27,9 @@ from engine.events import (
     MemberLeft,
     MemberRole,
 )
-from engine.history import History, Message
-from engine.hub import CLOSE_LEFT, EventHub, Subscription
+from engine.history import History, Message, UsageTotals
+from engine.hub import CLOSE_LEFT, EventHub, Frame, Subscription
 from engine.llm.client import Backend, LLMClient
-from engine.llm.types import Usage
 from engine.logs import SessionLogger, session_logger
 from engine.prompts import PromptParts, system_prompt
 from engine.rectifier import Rectifier
@@ -60,24 +59,6 @@ class Member:
     role: MemberRole
     name: str | None
     subscription: Subscription
-
-
-@dataclass(slots=True)
-class UsageTotals:
-    """Backend-reported usage, overall and per bot."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    by_bot: dict[str, Usage] = field(default_factory=dict)
-
-    def add(self, bot: str, usage: Usage) -> None:
-        """Count one call's usage."""
-        self.prompt_tokens += usage.prompt_tokens
-        self.completion_tokens += usage.completion_tokens
-        mine = self.by_bot.setdefault(bot, Usage())
-        mine.prompt_tokens += usage.prompt_tokens
-        mine.completion_tokens += usage.completion_tokens
-        mine.total_tokens += usage.total_tokens
 
 
 class Session:
@@ -112,16 +93,15 @@ class Session:
             member_queue_size=deps.settings.member_queue_size,
             clock=deps.clock.now,
             first_seq=record.last_seq,
+            persist=self._store_events,
         )
         self.log: SessionLogger = session_logger("fellowship.session", self.id)
         self.members: dict[str, Member] = {}
-        self.usage = UsageTotals()
         self.started_monotonic = deps.clock.monotonic()
         self.last_activity = self.started_monotonic
         self.debug_enabled = deps.settings.debug or spec.options.debug
         self.loop_state = "idle"
         self._lock = asyncio.Lock()
-        self._stored_seq = record.last_seq  # events up to here are in the store
         self._system_tokens = max(
             (deps.counter.count(self.system_text(bot)) for bot in spec.bots), default=0
         )
@@ -181,6 +161,11 @@ class Session:
         """The session's context token limit."""
         return self.options.max_context_tokens or self.deps.settings.default_context_limit
 
+    @property
+    def usage(self) -> UsageTotals:
+        """Backend-reported usage of every turn in history (so it survives restarts)."""
+        return self.history.usage
+
     # --- time ----------
     def touch(self) -> None:
         """Note client activity (idle timeout)."""
@@ -218,10 +203,7 @@ class Session:
         """
         async with self._lock:
             message, events = place()
-            if message is not None:
-                await self.deps.store.save_message(self.id, message)
-            for event in events:
-                self.hub.publish(event)
+            await self.hub.commit(message, events)
 
     # --- members ----------
     @property
@@ -268,17 +250,19 @@ class Session:
 
     # --- persistence ----------
     async def save(self, **changes: Any) -> None:
-        """Persist the session row with `changes` applied, and the events not stored yet."""
-        self.record = self.record.model_copy(update={**changes, "last_seq": self.hub.last_seq})
+        """Persist the session row with `changes` applied."""
+        self.record = self.record.model_copy(update={**changes, "last_seq": self.hub.durable_seq})
         await self.deps.store.save_session(self.record)
-        frames = self.hub.buffered_after(self._stored_seq)
-        if frames:
-            await self.deps.store.save_events(
-                self.id,
-                [EventRecord(seq=f.seq, type=f.type, data=f.data) for f in frames],
-                keep_last=self.deps.settings.event_buffer_size,
-            )
-            self._stored_seq = frames[-1].seq
+
+    async def _store_events(self, frames: list[Frame], messages: list[Message]) -> None:
+        # The hub's `persist`: events (and the messages they announce) are stored
+        # in one write before any member sees them.
+        await self.deps.store.save_events(
+            self.id,
+            [EventRecord(seq=f.seq, type=f.type, data=f.data) for f in frames],
+            messages=messages,
+            keep_last=self.deps.settings.event_buffer_size,
+        )
 
     def now(self) -> datetime:
         """Current UTC time from the injected clock."""

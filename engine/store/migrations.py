@@ -97,6 +97,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        version=3,
+        summary="events stored before delivery: live sessions number past the old restart jump",
+        # Versions 1-2 stored events only at turn ends and jumped numbering by 100000 at
+        # each restart; a client may have seen numbers the file never got. Moving live
+        # sessions past them once keeps seq from repeating; the restore then sees that the
+        # stored events do not reach last_seq and answers every reconnect with a history.
+        statements=("UPDATE sessions SET last_seq = last_seq + 100000 WHERE state != 'ended'",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -108,16 +108,16 @@ async def stop_sse(*readers: SseMember) -> None:
 
 def session_part(events: list[Event], after: int) -> list[Event]:
     """The session's own events with a seq above `after` (replies to one client left out)."""
-    return [
-        e
-        for e in events
-        if e["seq"] > after and e["type"] not in ("history", "pong") and not _private_error(e)
-    ]
-
-
-def _private_error(event: Event) -> bool:
-    # Errors about one client's frame repeat the last seq and carry no turn.
-    return event["type"] == "error" and event.get("code") in PRIVATE_ERROR_CODES
+    part: list[Event] = []
+    previous = 0
+    for e in events:
+        private = e["type"] == "error" and (
+            e.get("code") in PRIVATE_ERROR_CODES or e["seq"] == previous
+        )
+        if e["seq"] > after and e["type"] not in ("history", "pong") and not private:
+            part.append(e)
+        previous = e["seq"]
+    return part
 
 
 PRIVATE_ERROR_CODES = frozenset(

@@ -55,8 +55,12 @@ async def bare_session(
     return session
 
 
-async def drain(subscription: Subscription) -> list[BaseEvent]:
-    """Every event already queued for `subscription`, parsed (never waits for more)."""
+async def drain(session: Session, subscription: Subscription) -> list[BaseEvent]:
+    """Every event `session` published so far that reached `subscription`, parsed.
+
+    Waits for the events being stored to be delivered, never for new ones.
+    """
+    await session.hub.flushed()
     events: list[BaseEvent] = []
     while subscription.pending:
         frame = await subscription.next_frame()

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
+
+import pytest
 
 from engine.events import BotMessage, HistoryEvent, TalkerMessage
+from engine.history import Message
 from engine.hub import CLOSE_SESSION_ENDED, CLOSE_TOO_SLOW, EventHub, Frame, Subscription
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def make_hub(buffer: int = 100, queue: int = 100) -> EventHub:
@@ -31,7 +37,9 @@ def drain(sub: Subscription) -> list[Frame]:
 
 def test_publish_stamps_strictly_increasing_seq_and_ts() -> None:
     hub = make_hub()
-    frames = [hub.publish(BotMessage(bot="A", turn=i + 1, content="x")) for i in range(5)]
+    sub = hub.subscribe(snapshot)
+    publish_messages(hub, 5)
+    frames = drain(sub)[1:]
     assert [f.seq for f in frames] == [1, 2, 3, 4, 5]
     assert all(json.loads(f.data)["ts"] for f in frames)
 
@@ -141,3 +149,155 @@ def test_subscribing_to_a_closed_hub_gets_history_then_the_end() -> None:
     sub = hub.subscribe(snapshot)
     assert sub.closed
     assert [f.type for f in drain(sub)] == ["history"]
+
+
+# --- events stored before they are delivered ---------------------------------------------------
+
+
+class GatedStore:
+    """A `persist` function that records every write and lets the test decide when it ends."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.messages: list[Message] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+
+    async def __call__(self, frames: list[Frame], messages: list[Message]) -> None:
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.frames.extend(frames)
+        self.messages.extend(messages)
+
+
+def durable_hub(store: GatedStore, buffer: int = 100) -> EventHub:
+    return EventHub(buffer_size=buffer, member_queue_size=100, persist=store)
+
+
+def message(turn: int) -> Message:
+    return Message(turn=turn, kind="talker", speaker="Dana", content=f"m{turn}", ts=T0)
+
+
+async def test_an_event_reaches_members_only_once_it_is_stored() -> None:
+    store = GatedStore()
+    hub = durable_hub(store)
+    sub = hub.subscribe(snapshot)
+    drain(sub)
+    store.gate.clear()
+    hub.publish(BotMessage(bot="A", turn=1, content="x"))
+    await asyncio.sleep(0.01)
+    assert sub.pending == 0 and store.frames == [] and hub.durable_seq == 0
+    store.gate.set()
+    await hub.flushed()
+    assert [f.seq for f in store.frames] == [f.seq for f in drain(sub)] == [1]
+    assert hub.durable_seq == 1
+
+
+async def test_a_history_taken_while_events_are_written_waits_for_them() -> None:
+    store = GatedStore()
+    hub = durable_hub(store)
+    store.gate.clear()
+    publish_messages(hub, 2)
+    sub = hub.subscribe(snapshot)  # covers seq 1..2, which are not stored yet
+    hub.publish(BotMessage(bot="A", turn=3, content="x"))
+    await asyncio.sleep(0.01)
+    assert sub.pending == 0
+    store.gate.set()
+    await hub.flushed()
+    assert [(f.type, f.seq) for f in drain(sub)] == [("history", 2), ("bot_message", 3)]
+
+
+async def test_a_commit_stores_its_message_with_its_events_in_one_write() -> None:
+    store = GatedStore()
+    hub = durable_hub(store)
+    sub = hub.subscribe(snapshot)
+    drain(sub)
+    hub.publish(BotMessage(bot="A", turn=1, content="state"))
+    event = TalkerMessage(talker="Dana", talker_id="t", turn=1, content="m1")
+    await hub.commit(message(1), [event])
+    assert store.messages == [message(1)]
+    assert [f.seq for f in store.frames] == [1, 2]
+    assert [f.seq for f in drain(sub)] == [1, 2]
+
+
+async def test_a_failed_commit_raises_and_its_events_are_never_delivered_nor_numbered() -> None:
+    store = GatedStore()
+    hub = durable_hub(store)
+    told: list[Exception] = []
+    hub.on_persist_error = told.append
+    sub = hub.subscribe(snapshot)
+    drain(sub)
+    store.fail = OSError("disk full")
+    event = TalkerMessage(talker="Dana", talker_id="t", turn=1, content="m1")
+    with pytest.raises(OSError):
+        await hub.commit(message(1), [event])
+    assert drain(sub) == [] and told == []  # the committer was told, and ends the session
+    store.fail = None
+    hub.publish(BotMessage(bot="A", turn=1, content="next"))
+    await hub.flushed()
+    assert [(f.type, f.seq) for f in drain(sub)] == [("bot_message", 1)]  # no hole
+    store.fail = OSError("disk full")
+    hub.publish(BotMessage(bot="A", turn=2, content="the end"))
+    await hub.flushed()
+    assert [(f.type, f.seq) for f in drain(sub)] == [("bot_message", 2)]  # out regardless
+    assert len(told) == 1
+
+
+async def test_a_cancelled_committer_does_not_take_its_write_back() -> None:
+    store = GatedStore()
+    hub = durable_hub(store)
+    store.gate.clear()
+    event = TalkerMessage(talker="Dana", talker_id="t", turn=1, content="m1")
+    committer = asyncio.create_task(hub.commit(message(1), [event]))
+    await asyncio.sleep(0.01)
+    committer.cancel()
+    store.gate.set()
+    await hub.flushed()
+    assert store.messages == [message(1)] and hub.durable_seq == 1
+
+
+async def test_close_while_events_are_written_delivers_them_first() -> None:
+    store = GatedStore()
+    hub = durable_hub(store)
+    sub = hub.subscribe(snapshot)
+    store.gate.clear()
+    publish_messages(hub, 3)
+    hub.close()
+    assert not sub.closed
+    store.gate.set()
+    frames = [f async for f in sub]
+    assert [f.seq for f in frames] == [0, 1, 2, 3]
+    assert sub.close_reason == CLOSE_SESSION_ENDED
+
+
+def test_a_restored_hub_replays_exactly_across_a_hole_in_the_numbering() -> None:
+    hub = make_hub(buffer=10)
+    stored = [Frame(seq, "bot_message", "{}") for seq in (1, 2, 3, 100004, 100005)]
+    hub.restore(stored, recorded_last_seq=100005)
+    assert hub.last_seq == hub.durable_seq == 100005
+    assert [f.seq for f in drain(hub.subscribe(snapshot, since=2))] == [3, 100004, 100005]
+    # A seq inside the hole: exactly what followed it.
+    assert [f.seq for f in drain(hub.subscribe(snapshot, since=50))] == [100004, 100005]
+    assert drain(hub.subscribe(snapshot, since=100005)) == []
+    hub.publish(BotMessage(bot="A", turn=1, content="x"))
+    assert hub.last_seq == 100006
+
+
+def test_a_restored_hub_whose_events_stop_short_answers_with_a_history() -> None:
+    hub = make_hub(buffer=10)
+    stored = [Frame(seq, "bot_message", "{}") for seq in (1, 2, 3)]
+    hub.restore(stored, recorded_last_seq=100003)  # numbers 4..100003 were never stored
+    assert hub.last_seq == 100003
+    for since in (2, 3, 50):
+        assert [f.type for f in drain(hub.subscribe(snapshot, since=since))] == ["history"]
+    assert drain(hub.subscribe(snapshot, since=100003)) == []
+
+
+def test_a_restored_hub_with_trimmed_events_replays_only_from_the_oldest_kept() -> None:
+    hub = make_hub(buffer=3)
+    stored = [Frame(seq, "bot_message", "{}") for seq in range(1, 11)]
+    hub.restore(stored, recorded_last_seq=10)
+    assert [f.seq for f in drain(hub.subscribe(snapshot, since=7))] == [8, 9, 10]
+    assert [f.type for f in drain(hub.subscribe(snapshot, since=6))] == ["history"]

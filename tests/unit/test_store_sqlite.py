@@ -191,6 +191,29 @@ async def test_an_older_database_is_upgraded_and_keeps_its_data(db_path: Path) -
         await opened.close()
 
 
+async def test_upgrading_moves_live_sessions_past_numbers_older_versions_never_stored(
+    db_path: Path,
+) -> None:
+    db_path.parent.mkdir(parents=True)
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        assert await migrate(conn, where=str(db_path), target=2) == 2
+        for session_id, state in (("live", "paused"), ("done", "ended")):
+            await conn.execute_fetchall(
+                "INSERT INTO sessions (id, spec_json, full_token_hash, observer_token_hash, state,"
+                " created_at, last_seq)"
+                " VALUES (?, '{}', ?, ?, ?, '2030-01-02T03:04:05.000000Z', 40)",
+                (session_id, f"f-{session_id}", f"o-{session_id}", state),
+            )
+    opened = SqliteStore(db_path)
+    await opened.open()
+    try:
+        seqs = {r.id: r.last_seq for r in await opened.load_sessions(include_ended=True)}
+    finally:
+        await opened.close()
+    # Versions 1-2 jumped by 100000 at each restart and stored events only at turn ends.
+    assert seqs == {"live": 100040, "done": 40}
+
+
 async def test_a_database_from_a_newer_fellowship_is_refused_untouched(db_path: Path) -> None:
     await make_database(db_path)
     newer = LATEST_VERSION + 1
