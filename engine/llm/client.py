@@ -48,6 +48,7 @@ from engine.llm.errors import (
     LLM_CONNECTION,
     LLM_RATE_LIMITED,
     LLM_REJECTED,
+    LLM_SECRET_UNREADABLE,
     LLM_SERVER_ERROR,
     LLM_TIMEOUT,
     RETRYABLE_CODES,
@@ -78,6 +79,11 @@ class Backend(BaseModel):
 
     base_url: str = Field(description="Base URL, ending in /v1 (no trailing slash).")
     api_key: SecretStr | None = Field(None, description="Bearer key, if the server needs one.")
+    unreadable_key: str | None = Field(
+        None,
+        description="Why this backend's key cannot be had (its stored copy does not "
+        "decrypt): every call then fails at once with `secret_unreadable`, sending nothing.",
+    )
 
     @property
     def display_url(self) -> str:
@@ -250,6 +256,12 @@ class LLMClient:
         starts over, so a caller relaying tokens may want to reset). `queue_key` names the
         caller, normally the session id: it tags the log lines and the limiter's grants.
         """
+        if backend.unreadable_key is not None:
+            # Never another key in its place (the server's own would leak to this URL).
+            raise LLMError(
+                f"this session cannot reach its backend: {backend.unreadable_key}",
+                code=LLM_SECRET_UNREADABLE,
+            )
         settings = self._settings
         started = self._clock()
         http = self._http_for(backend)
