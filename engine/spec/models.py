@@ -277,7 +277,8 @@ class LLMOverride(_SpecModel):
     )
     api_key: SecretStr | None = Field(
         None,
-        description="API key for that backend. Never logged and never returned by the API.",
+        description="API key for that backend. Stored encrypted (the server's SECRET_KEY), "
+        "never logged and never returned by the API.",
     )
     model: StrippedLabel = Field(
         None,
