@@ -23,7 +23,8 @@ flight per backend, granted in arrival order across all sessions.
   Other 4xx answers are not retried. A slot is held per attempt, never during the wait.
   After the last try one `LLMError` is raised whose `code` says what went wrong.
 - The API key is sent as `Authorization: Bearer …` only when one is set, and never
-  appears in an error message or a log line.
+  appears in an error message or a log line. A backend whose stored key could not be
+  decrypted (`Backend.unreadable_key`) is never called: `secret_unreadable` at once.
 """
 
 from __future__ import annotations
