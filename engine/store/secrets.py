@@ -178,13 +178,14 @@ def _parent(data: dict[str, Any], path: SecretPath) -> dict[str, Any] | None:
     return node if isinstance(node, dict) else None
 
 
-def _as_sealed(value: object) -> SealedSecret | None:
-    if not isinstance(value, dict):
-        return None
+def _sealed(value: object) -> SealedSecret:
+    """A stored secret that is not text must be a sealed one; anything else is damage."""
     try:
         return SealedSecret.model_validate(value)
     except ValidationError:
-        return None
+        raise SecretUnreadable(
+            "the stored API key is neither text nor an encrypted value: the row was damaged"
+        ) from None
 
 
 @dataclass(slots=True)
@@ -198,23 +199,37 @@ class Opened:
 def open_secrets(
     data: dict[str, Any], paths: Iterable[SecretPath], box: SecretBox, *, context: str
 ) -> Opened:
-    """`data` with each sealed secret at `paths` replaced by its plain text (a copy).
+    """`data` with each sealed secret at `paths` replaced by its plain text.
 
     A secret that cannot be opened becomes None and its reason is listed; a plain
-    value (a database not migrated yet) passes through as it is.
+    value (a database not migrated yet) passes through as it is. `data` itself is
+    never changed: the result is a copy when anything had to be replaced.
     """
-    opened = Opened(copy.deepcopy(data))
+    opened = Opened(data)
     for path in paths:
         parent = _parent(opened.data, path)
-        sealed = _as_sealed(parent.get(path[-1])) if parent is not None else None
-        if parent is None or sealed is None:
-            continue
+        stored = parent.get(path[-1]) if parent is not None else None
+        if stored is None or isinstance(stored, str):
+            continue  # nothing, or plain text from a database not migrated yet
         try:
-            parent[path[-1]] = box.open(sealed, _context(context, path))
+            value: str | None = box.open(_sealed(stored), _context(context, path))
         except SecretUnreadable as problem:
-            parent[path[-1]] = None
+            value = None
             opened.unreadable.append(problem)
+        opened.data = _replaced(opened.data, data, path, value)
     return opened
+
+
+def _replaced(
+    current: dict[str, Any], original: dict[str, Any], path: SecretPath, value: object
+) -> dict[str, Any]:
+    """`current` with `value` at `path`, copied first if it is still the caller's `original`."""
+    if current is original:
+        current = copy.deepcopy(original)
+    parent = _parent(current, path)
+    assert parent is not None  # found in `original`, so in its copy
+    parent[path[-1]] = value
+    return current
 
 
 @dataclass(slots=True)
@@ -238,31 +253,32 @@ def seal_secrets(
     context: str,
     lenient: bool = False,
 ) -> Sealed:
-    """`data` with each secret at `paths` sealed under the box's first key (a copy).
+    """`data` with each secret at `paths` sealed under the box's first key.
 
     Plain values are sealed; values sealed under another key of the box are opened and
     sealed again. Strict (the default), a value that cannot be sealed raises
     `SecretKeyMissing` or `SecretUnreadable`. `lenient` (start-up) leaves such a value
     as it is and says so in the outcomes, so that one unreadable session never stops
-    the others.
+    the others. `data` itself is never changed: the result is a copy when anything was
+    sealed (and `data` when nothing was, which is the common case at start-up).
     """
-    sealed = Sealed(copy.deepcopy(data))
+    sealed = Sealed(data)
     for path in paths:
         parent = _parent(sealed.data, path)
         value = parent.get(path[-1]) if parent is not None else None
-        if parent is None or value is None:
+        if value is None:
             continue
         where = _context(context, path)
-        existing = _as_sealed(value)
         try:
-            if existing is None:
-                parent[path[-1]] = box.seal(str(value), where).model_dump()
+            existing = value if isinstance(value, str) else _sealed(value)
+            if isinstance(existing, str):
+                fresh = box.seal(existing, where)
                 outcome: FieldOutcome = "sealed"
             elif box.is_current(existing):
-                outcome = "current"
+                sealed.outcomes.append("current")
+                continue
             else:
-                plain = box.open(existing, where)
-                parent[path[-1]] = box.seal(plain, where).model_dump()
+                fresh = box.seal(box.open(existing, where), where)
                 outcome = "resealed"
         except SecretKeyMissing:
             if not lenient:
@@ -272,6 +288,8 @@ def seal_secrets(
             if not lenient:
                 raise
             outcome = "unreadable"
+        else:
+            sealed.data = _replaced(sealed.data, data, path, fresh.model_dump())
         sealed.outcomes.append(outcome)
     return sealed
 

@@ -108,11 +108,14 @@ def test_a_generated_key_is_32_random_bytes_in_url_safe_base64() -> None:
 
 def test_sealing_a_spec_replaces_its_key_and_opening_gives_it_back() -> None:
     box = SecretBox([NEW])
-    sealed = seal_secrets(spec_data(), SECRET_FIELDS, box, context="s1")
+    data = spec_data()
+    sealed = seal_secrets(data, SECRET_FIELDS, box, context="s1")
     assert sealed.outcomes == ["sealed"] and sealed.changed
     assert API_KEY not in json.dumps(sealed.data)
-    opened = open_secrets(sealed.data, SECRET_FIELDS, box, context="s1")
+    stored = json.loads(json.dumps(sealed.data))
+    opened = open_secrets(stored, SECRET_FIELDS, box, context="s1")
     assert opened.data == spec_data() and opened.unreadable == []
+    assert data == spec_data() and stored == sealed.data  # the inputs are left alone
 
 
 def test_a_spec_without_a_key_is_left_as_it_is() -> None:
@@ -141,6 +144,17 @@ def test_strict_sealing_raises_and_lenient_sealing_leaves_what_it_cannot_do() ->
         seal_secrets(foreign, SECRET_FIELDS, SecretBox([NEW, OLD]), context="s1")
     kept = seal_secrets(foreign, SECRET_FIELDS, SecretBox([NEW, OLD]), context="s1", lenient=True)
     assert kept.outcomes == ["unreadable"] and kept.data == foreign
+
+
+def test_a_damaged_stored_value_is_unreadable_never_sealed_as_text() -> None:
+    damaged = spec_data({"cipher": "rot13", "data": "x"})
+    opened = open_secrets(damaged, SECRET_FIELDS, SecretBox([NEW]), context="s1")
+    assert opened.data["llm"]["api_key"] is None
+    assert "damaged" in opened.unreadable[0].message
+    with pytest.raises(SecretUnreadable, match="damaged"):
+        seal_secrets(damaged, SECRET_FIELDS, SecretBox([NEW]), context="s1")
+    kept = seal_secrets(damaged, SECRET_FIELDS, SecretBox([NEW]), context="s1", lenient=True)
+    assert kept.outcomes == ["unreadable"] and kept.data == damaged
 
 
 def test_an_unreadable_secret_opens_as_none_with_its_reason() -> None:
