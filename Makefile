@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml requirements.lock
 	cp .env.example .env
 
 ## make run: set up, then start the server (SQLite embedded, config from .env)
+# The first start writes a random SECRET_KEY into .env (it encrypts stored API keys).
 run: $(STAMP) .env
+	$(BIN)/fellowship secret-key --ensure .env
 	$(BIN)/fellowship serve
 
 ## make test: set up, then lint, type-check, check generated files, run every test

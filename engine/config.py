@@ -7,6 +7,8 @@ the two agree).
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,6 +17,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+SecretList = Annotated[list[SecretStr], NoDecode]
+
+SECRET_KEY_BYTES = 32
+"""Length of one `SECRET_KEY` key once decoded (AES-256; the format of `Fernet.generate_key`)."""
 
 
 class ConfigError(Exception):
@@ -224,15 +230,50 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Lowest level written to the logs."
     )
+    secret_key: SecretList = Field(
+        default_factory=list,
+        description="Keys that encrypt the API keys kept in the database (comma-separated; "
+        "each 32 random bytes in URL-safe base64, as `fellowship secret-key` prints). The "
+        "first encrypts, every one decrypts. make run writes one into .env.",
+    )
     specs_dir: Path = Field(Path("specs"), description="Folder of the named spec library.")
     debug: bool = Field(False, description="Emit debug events for every session.")
 
-    @field_validator("allowed_llm_hosts", "cors_origins", mode="before")
+    @field_validator("allowed_llm_hosts", "cors_origins", "secret_key", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        # Checked here, so a mistyped key stops the start rather than every session.
+        for key in keys:
+            try:
+                decode_secret_key(key.get_secret_value())
+            except ValueError:
+                raise ValueError(
+                    f"each key must be {SECRET_KEY_BYTES} bytes in URL-safe base64 "
+                    "(make one with `fellowship secret-key`)"
+                ) from None
+        return keys
+
+
+def decode_secret_key(text: str) -> bytes:
+    """The raw bytes of one `SECRET_KEY` key.
+
+    Raises `ValueError` unless it is 32 bytes in URL-safe base64 (the format of
+    `fellowship secret-key` and of `Fernet.generate_key`).
+    """
+    try:
+        raw = base64.urlsafe_b64decode(text.strip().encode("ascii"))
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raw = b""
+    if len(raw) != SECRET_KEY_BYTES:
+        raise ValueError(f"a secret key must be {SECRET_KEY_BYTES} bytes in URL-safe base64")
+    return raw
 
 
 @lru_cache(maxsize=1)

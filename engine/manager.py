@@ -17,6 +17,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -33,10 +34,18 @@ from engine.memory import write_memory
 from engine.orchestrator import Orchestrator
 from engine.session import EngineDeps, Member, Session
 from engine.spec.loader import InvalidSpec, SpecIssue
-from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SessionSpec
+from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SECRET_FIELDS, SessionSpec
 from engine.status import LimitReport, MemberCounts, SessionStatus, TokenReport
 from engine.store.base import SessionRecord, Store, StoredSession
 from engine.store.memory import MemoryStore
+from engine.store.secrets import (
+    SecretBox,
+    SecretKeyMissing,
+    SecretUnreadable,
+    open_secrets,
+    seal_secrets,
+    seal_stored,
+)
 from engine.summarizer import restore_summary, summarize
 from engine.text import has_control_chars
 from engine.tokens import get_counter
@@ -80,6 +89,7 @@ class SessionManager:
         store: Store | None = None,
         llm: LLMClient | None = None,
         clock: Clock | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self.settings = settings
         self.deps = EngineDeps(
@@ -89,6 +99,7 @@ class SessionManager:
             clock=clock or SystemClock(),
             counter=get_counter(settings.tokenizer),
         )
+        self.secret_box = secret_box or _secret_box(settings, self.deps.store)
         self._loops: dict[str, SessionLoop] = {}
         self._by_hash: dict[str, tuple[str, Access]] = {}
         self._housekeeper: asyncio.Task[None] | None = None
@@ -99,6 +110,7 @@ class SessionManager:
     async def start(self) -> None:
         """Open the store, bring back stored sessions, start housekeeping."""
         await self.deps.store.open()
+        await seal_stored(self.deps.store, self.secret_box, SECRET_FIELDS)
         # Restoring creates a great many objects that live on (every message, every
         # buffered event): the cyclic collector would walk them again and again while
         # they are made. It is paused until they are all in place.
@@ -128,12 +140,12 @@ class SessionManager:
             # The stored counter lags a turn that was in flight; history does not.
             bot_turns = sum(1 for m in stored.messages if m.kind == "bot")
             record = record.model_copy(update={"bot_turns": bot_turns})
-        spec = SessionSpec.model_validate_json(record.spec_json)
+        spec, unreadable = self._stored_spec(record)
         session = Session(
             record=record,
             spec=spec,
             deps=self.deps,
-            backend=self._stored_backend(spec),
+            backend=self._stored_backend(spec, unreadable),
             history=History(stored.messages),
             memory=stored.memory if spec.options.memory_mode == "inherit" else None,
         )
@@ -157,12 +169,16 @@ class SessionManager:
         loop.start()
         session.log.info("session restored (paused) with %d messages", len(session.history))
 
-    def _stored_backend(self, spec: SessionSpec) -> Backend:
+    def _stored_backend(self, spec: SessionSpec, unreadable: SecretUnreadable | None) -> Backend:
         # A backend allowed at creation may be disallowed now: fall back to the default.
         try:
-            return self._backend_for(spec)
+            backend = self._backend_for(spec)
         except FellowshipError:
-            return self.deps.llm.default_backend
+            backend = self.deps.llm.default_backend
+        if unreadable is None:
+            return backend
+        # Its own key is lost to us, and no other key may go in its place.
+        return Backend(base_url=backend.base_url, unreadable_key=unreadable.message)
 
     async def close(self) -> None:
         """Stop every loop at once, close members' streams, release the store and backends."""
@@ -197,10 +213,11 @@ class SessionManager:
         backend = self._backend_for(spec)
         memory = await self._inherited_memory(spec)
         token, observer_token = mint_token("full"), mint_token("observer")
+        session_id = secrets.token_hex(SESSION_ID_BYTES)
         record = SessionRecord(
-            id=secrets.token_hex(SESSION_ID_BYTES),
+            id=session_id,
             name=spec.name,
-            spec_json=_storage_json(spec),
+            spec_json=self._storage_json(spec, session_id),
             full_token_hash=token_hash(token),
             observer_token_hash=token_hash(observer_token),
             created_at=self.deps.clock.now(),
@@ -324,7 +341,7 @@ class SessionManager:
                 max_context_tokens=session.context_limit,
                 ttl=session.ttl,
             ),
-            warnings=record.warnings,
+            warnings=_with_backend_warning(record.warnings, session.backend),
         )
 
     def history(self, handle: Handle) -> list[Message]:
@@ -444,6 +461,33 @@ class SessionManager:
         """Sessions not ended."""
         return sum(1 for loop in self._loops.values() if loop.machine.state != "ended")
 
+    # --- secrets at rest ----------
+    def _storage_json(self, spec: SessionSpec, session_id: str) -> str:
+        """The stored spec, its secrets sealed; refused when there is no key to seal with."""
+        try:
+            sealed = seal_secrets(
+                _storage_dict(spec), SECRET_FIELDS, self.secret_box, context=session_id
+            )
+        except SecretKeyMissing as exc:
+            raise _refuse("llm.api_key", exc.message) from None
+        return json.dumps(sealed.data)
+
+    def _stored_spec(self, record: SessionRecord) -> tuple[SessionSpec, SecretUnreadable | None]:
+        """A stored spec with its secrets opened, and why one cannot be, if so.
+
+        A secret that cannot be opened is left out: the session comes back all the same
+        (its history readable), only its calls to the backend fail.
+        """
+        opened = open_secrets(
+            json.loads(record.spec_json), SECRET_FIELDS, self.secret_box, context=record.id
+        )
+        unreadable = opened.unreadable[0] if opened.unreadable else None
+        if unreadable is not None and record.state != "ended":
+            log.error(
+                "session %s cannot reach its backend: %s", record.id, unreadable.message
+            )
+        return SessionSpec.model_validate(opened.data), unreadable
+
 
 def _restart_tombstone(session: Session, reserved: Message) -> tuple[Message, list[BaseEvent]]:
     """A reply cut by the restart: its slot becomes a tombstone, announced by an error."""
@@ -454,9 +498,24 @@ def _restart_tombstone(session: Session, reserved: Message) -> tuple[Message, li
     return tomb, [notice]
 
 
-def _storage_json(spec: SessionSpec) -> str:
+def _storage_dict(spec: SessionSpec) -> dict[str, Any]:
     """The spec as stored: secrets kept for the backend, but no other session's token."""
     data = spec.storage_dict()
     if spec.options.memory_mode == "inherit":
         data["options"]["memory"] = f"{MEMORY_INHERIT_PREFIX}{REDACTED}"
-    return json.dumps(data)
+    return data
+
+
+def _secret_box(settings: Settings, store: Store) -> SecretBox:
+    """The keys of `SECRET_KEY`; a store that keeps nothing past the process (`fellowship
+    run`, tests) gets a key of its own when none is set, as nothing of it can be lost."""
+    if settings.secret_key or store.durable:
+        return SecretBox.from_settings(settings)
+    return SecretBox.ephemeral()
+
+
+def _with_backend_warning(warnings: list[str], backend: Backend) -> list[str]:
+    """Status warnings, with the reason a restored session cannot reach its backend."""
+    if backend.unreadable_key is None:
+        return warnings
+    return [*warnings, f"secret_unreadable: {backend.unreadable_key}"]

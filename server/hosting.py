@@ -102,8 +102,11 @@ async def serve(
 
 def run(settings: Settings) -> int:
     """`fellowship serve`: log setup, then serve until SIGINT or SIGTERM."""
-    key = settings.llm_api_key.get_secret_value()
-    setup_logging(settings.log_dir, settings.log_level, api_keys=[key] if key else [])
+    # Masked in every log line should one slip in: the default backend's key, and the
+    # keys that encrypt the stored ones.
+    secrets = [settings.llm_api_key, *settings.secret_key]
+    keys = [key.get_secret_value() for key in secrets if key.get_secret_value()]
+    setup_logging(settings.log_dir, settings.log_level, api_keys=keys)
 
     async def main() -> None:
         shutdown = asyncio.Event()

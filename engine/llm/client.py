@@ -23,7 +23,8 @@ flight per backend, granted in arrival order across all sessions.
   Other 4xx answers are not retried. A slot is held per attempt, never during the wait.
   After the last try one `LLMError` is raised whose `code` says what went wrong.
 - The API key is sent as `Authorization: Bearer …` only when one is set, and never
-  appears in an error message or a log line.
+  appears in an error message or a log line. A backend whose stored key could not be
+  decrypted (`Backend.unreadable_key`) is never called: `secret_unreadable` at once.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from engine.llm.errors import (
     LLM_CONNECTION,
     LLM_RATE_LIMITED,
     LLM_REJECTED,
+    LLM_SECRET_UNREADABLE,
     LLM_SERVER_ERROR,
     LLM_TIMEOUT,
     RETRYABLE_CODES,
@@ -78,6 +80,11 @@ class Backend(BaseModel):
 
     base_url: str = Field(description="Base URL, ending in /v1 (no trailing slash).")
     api_key: SecretStr | None = Field(None, description="Bearer key, if the server needs one.")
+    unreadable_key: str | None = Field(
+        None,
+        description="Why this backend's key cannot be had (its stored copy does not "
+        "decrypt): every call then fails at once with `secret_unreadable`, sending nothing.",
+    )
 
     @property
     def display_url(self) -> str:
@@ -250,6 +257,12 @@ class LLMClient:
         starts over, so a caller relaying tokens may want to reset). `queue_key` names the
         caller, normally the session id: it tags the log lines and the limiter's grants.
         """
+        if backend.unreadable_key is not None:
+            # Never another key in its place (the server's own would leak to this URL).
+            raise LLMError(
+                f"this session cannot reach its backend: {backend.unreadable_key}",
+                code=LLM_SECRET_UNREADABLE,
+            )
         settings = self._settings
         started = self._clock()
         http = self._http_for(backend)

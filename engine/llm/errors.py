@@ -26,6 +26,8 @@ LLM_REJECTED: Final = "llm_rejected"
 """The backend refused the request with a 4xx other than 429 (never retried)."""
 LLM_HOST_NOT_ALLOWED: Final = "llm_host_not_allowed"
 """A session asked for a backend whose host is not in ALLOWED_LLM_HOSTS."""
+LLM_SECRET_UNREADABLE: Final = "secret_unreadable"  # noqa: S105 - a code, not a secret
+"""The session's API key is stored encrypted and SECRET_KEY cannot decrypt it: nothing is sent."""
 
 RETRYABLE_CODES: Final = frozenset(
     {LLM_TIMEOUT, LLM_CONNECTION, LLM_RATE_LIMITED, LLM_SERVER_ERROR, LLM_BAD_RESPONSE}

@@ -41,6 +41,9 @@ MEMORY_INHERIT_PREFIX: Final = "inherit:"
 MEMORY_PATTERN: Final = r"^\s*(none|new|inherit:\s*\S.*)\s*$"
 # What replaces an inherited session's token wherever a spec is shown back.
 REDACTED: Final = "***"
+# Where a stored spec keeps secrets the server must use again: they are stored encrypted
+# (engine.store.secrets). A new secret field of the spec belongs here.
+SECRET_FIELDS: Final[tuple[tuple[str, ...], ...]] = (("llm", "api_key"),)
 
 
 
@@ -274,7 +277,8 @@ class LLMOverride(_SpecModel):
     )
     api_key: SecretStr | None = Field(
         None,
-        description="API key for that backend. Never logged and never returned by the API.",
+        description="API key for that backend. Stored encrypted (the server's SECRET_KEY), "
+        "never logged and never returned by the API.",
     )
     model: StrippedLabel = Field(
         None,
@@ -325,7 +329,8 @@ class SessionSpec(_SpecModel):
     def storage_dict(self) -> dict[str, Any]:
         """The normalized spec as JSON-ready data *with* its secrets, for the store only.
 
-        `SessionSpec.model_validate` reads it back unchanged.
+        The secrets (`SECRET_FIELDS`) are in plain text here: they are sealed before the
+        data reaches a store. `SessionSpec.model_validate` reads it back unchanged.
         """
         data = self.model_dump(mode="json")
         if self.llm is not None and self.llm.api_key is not None:

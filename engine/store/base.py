@@ -8,7 +8,7 @@ A later version can put PostgreSQL behind the same interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -84,6 +84,10 @@ class StoredSession(BaseModel):
     memory: str | None = Field(None, description="Memory the session left, if any.")
 
 
+SpecRewrite = Callable[[str, str], str | None]
+"""Given a session id and its stored spec JSON, the JSON to store instead (None: keep it)."""
+
+
 def unknown_session(session_id: str, where: str) -> StorageError:
     """The error every store raises when writing for a session it does not hold."""
     return StorageError(
@@ -94,6 +98,9 @@ def unknown_session(session_id: str, where: str) -> StorageError:
 
 class Store(ABC):
     """Persistence for sessions, history, summaries and memory."""
+
+    durable: bool = True
+    """Whether what is saved outlives the process (then secrets must be encrypted)."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Prepare the store (connect, migrate)."""
@@ -116,6 +123,15 @@ class Store(ABC):
     @abstractmethod
     async def delete_session(self, session_id: str) -> None:
         """Forget a session and everything stored for it."""
+
+    @abstractmethod
+    async def rewrite_specs(self, rewrite: SpecRewrite) -> list[str]:
+        """Pass every stored spec (ended sessions' too) through `rewrite`, in one transaction.
+
+        Returns the ids of the sessions whose spec changed. If `rewrite` raises, nothing
+        changes and the exception propagates. Specs hold secrets: a store that keeps
+        files leaves no replaced spec readable in them (free pages, logs).
+        """
 
     @abstractmethod
     async def save_message(self, session_id: str, message: Message) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from engine.history import Message
-from engine.store.base import EventRecord, SessionRecord, Store, unknown_session
+from engine.store.base import EventRecord, SessionRecord, SpecRewrite, Store, unknown_session
 
 WHERE = "memory"
 
@@ -16,6 +16,8 @@ class MemoryStore(Store):
     Behaves exactly like `SqliteStore` (the contract tests run against both):
     it hands out copies, and refuses data for a session it does not hold.
     """
+
+    durable = False
 
     def __init__(self) -> None:
         self._sessions: dict[str, SessionRecord] = {}
@@ -37,6 +39,19 @@ class MemoryStore(Store):
             for r in self._sessions.values()
             if include_ended or r.state != "ended"
         ]
+
+    async def rewrite_specs(self, rewrite: SpecRewrite) -> list[str]:
+        # Every new text first, then the swap: a `rewrite` that raises changes nothing.
+        changed: dict[str, str] = {}
+        for session_id, record in self._sessions.items():
+            text = rewrite(session_id, record.spec_json)
+            if text is not None and text != record.spec_json:
+                changed[session_id] = text
+        for session_id, text in changed.items():
+            self._sessions[session_id] = self._sessions[session_id].model_copy(
+                update={"spec_json": text}
+            )
+        return list(changed)
 
     async def find_by_token_hash(self, digest: str) -> tuple[SessionRecord, bool] | None:
         for record in self._sessions.values():

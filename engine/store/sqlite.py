@@ -37,6 +37,7 @@ from engine.llm.types import Usage
 from engine.store.base import (
     EventRecord,
     SessionRecord,
+    SpecRewrite,
     StorageError,
     StorageProblem,
     Store,
@@ -51,7 +52,8 @@ T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL"]
 
 _DEFAULTS = Settings.model_fields
-# The file holds specs, and specs may hold API keys: only its owner may read it.
+# The file holds every conversation, and specs with their API keys (encrypted): only its
+# owner may read it.
 FILE_MODE = 0o600
 MILLISECONDS = 1000
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width, so text order is time order
@@ -101,6 +103,8 @@ _LIVE_SESSIONS = """
            ended_at, end_reason, warnings_json, bot_turns, last_seq
     FROM sessions WHERE state != 'ended' ORDER BY rowid
 """
+_ALL_SPECS = "SELECT id, spec_json FROM sessions ORDER BY rowid"
+_UPDATE_SPEC = "UPDATE sessions SET spec_json = ? WHERE id = ?"
 # Two indexed lookups rather than one OR, which could scan the whole table.
 _SESSION_BY_DIGEST = """
     SELECT rowid, 1, id, name, spec_json, full_token_hash, observer_token_hash, state,
@@ -440,6 +444,39 @@ class SqliteStore(Store):
     @staticmethod
     async def _session_rows(conn: aiosqlite.Connection, include_ended: bool) -> list[Sequence[Any]]:
         return list(await conn.execute_fetchall(_ALL_SESSIONS if include_ended else _LIVE_SESSIONS))
+
+    async def rewrite_specs(self, rewrite: SpecRewrite) -> list[str]:
+        """Rewrite the specs in one transaction, then wipe every replaced copy from the files.
+
+        An UPDATE leaves the old text in the page's free space, and in the WAL until a
+        checkpoint; older deletions may have left more in free pages. VACUUM rebuilds the
+        file from the live rows only, and a truncating checkpoint moves it out of the WAL.
+        """
+
+        async def work(conn: aiosqlite.Connection) -> list[str]:
+            changed: list[str] = []
+            for session_id, spec_json in await conn.execute_fetchall(_ALL_SPECS):
+                text = rewrite(str(session_id), str(spec_json))
+                if text is not None and text != spec_json:
+                    await conn.execute_fetchall(_UPDATE_SPEC, (text, session_id))
+                    changed.append(str(session_id))
+            return changed
+
+        changed = await self._run(work, write=True)
+        if changed:
+            await self._run(self._wipe_free_space, write=False)
+        return changed
+
+    async def _wipe_free_space(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute_fetchall("VACUUM")
+        rows = list(await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)"))
+        if rows and rows[0][0]:
+            raise self._error(
+                "locked",
+                "the old copies of rewritten secrets could not be wiped from the write-ahead "
+                "log while another program reads the database; once it is closed, run "
+                "sqlite3 on the file with VACUUM",
+            )
 
     async def find_by_token_hash(self, digest: str) -> tuple[SessionRecord, bool] | None:
         async def work(conn: aiosqlite.Connection) -> tuple[SessionRecord, bool] | None:

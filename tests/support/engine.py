@@ -14,6 +14,8 @@ from engine.session import Member
 from engine.spec.models import SessionSpec
 
 WAIT_SECONDS = 20.0  # upper bound for a wait to fail rather than hang; not a speed check
+# The SECRET_KEY of test servers (make run writes a random one into .env).
+TEST_SECRET_KEY = "c2VjcmV0LWtleS1vZi10aGUtdGVzdC1zZXJ2ZXJzISE="
 
 
 def make_settings(tmp_path: Path, base_url: str, **overrides: Any) -> Settings:
@@ -26,6 +28,7 @@ def make_settings(tmp_path: Path, base_url: str, **overrides: Any) -> Settings:
         "llm_retries": 0,
         "llm_retry_delay": 0.0,
         "housekeeping_interval": 0.05,
+        "secret_key": TEST_SECRET_KEY,
     }
     values.update(overrides)
     return load_settings(**values)

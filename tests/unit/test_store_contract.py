@@ -355,6 +355,39 @@ async def test_the_spec_is_stored_whole_but_never_shown_in_a_record_listing(
         assert API_KEY not in str(shown)
 
 
+async def test_rewriting_specs_replaces_only_what_the_rewrite_returns(store: Store) -> None:
+    await with_session(store, "s1")
+    await with_session(store, "s2", state="ended", ended_at=T0)
+    await store.save_message("s2", message(1))
+    seen: list[str] = []
+
+    def rewrite(session_id: str, spec_json: str) -> str | None:
+        seen.append(session_id)
+        assert API_KEY in spec_json
+        return '{"sealed": true}' if session_id == "s2" else None
+
+    assert await store.rewrite_specs(rewrite) == ["s2"]
+    assert seen == ["s1", "s2"]  # ended sessions too
+    listed = {r.id: r for r in await store.load_sessions(include_ended=True)}
+    assert listed["s1"] == record("s1")
+    assert listed["s2"] == record("s2", state="ended", ended_at=T0, spec_json='{"sealed": true}')
+    assert await store.load_messages("s2") == [message(1)]
+
+
+async def test_a_rewrite_that_fails_midway_changes_no_spec(store: Store) -> None:
+    await with_session(store, "s1")
+    await with_session(store, "s2")
+
+    def rewrite(session_id: str, spec_json: str) -> str | None:
+        if session_id == "s2":
+            raise ValueError("cannot rewrite s2")
+        return "{}"
+
+    with pytest.raises(ValueError, match="s2"):
+        await store.rewrite_specs(rewrite)
+    assert await store.load_sessions(include_ended=True) == [record("s1"), record("s2")]
+
+
 # --- refusals ----------
 @pytest.mark.parametrize("write", ["message", "summary", "memory", "events"])
 async def test_data_for_a_session_that_is_not_stored_is_refused(store: Store, write: str) -> None:

@@ -402,6 +402,26 @@ async def test_everything_survives_a_restart(db_path: Path) -> None:
         await second.close()
 
 
+async def test_a_rewritten_spec_leaves_no_old_copy_in_the_files(db_path: Path) -> None:
+    secret = "sk-old-plain-text-0123456789"
+    opened = SqliteStore(db_path)
+    await opened.open()
+    try:
+        await opened.save_session(record(spec_json=f'{{"key": "{secret}"}}'))
+        await opened.save_session(record("gone", spec_json=f'{{"key": "{secret}"}}'))
+        await opened.delete_session("gone")
+        files = [db_path, db_path.with_name(f"{db_path.name}-wal")]
+        assert any(secret.encode() in read_bytes(f) for f in files if f.exists())
+
+        assert await opened.rewrite_specs(lambda _id, _json: '{"key": "sealed"}') == ["s1"]
+
+        assert not any(secret.encode() in read_bytes(f) for f in files if f.exists())
+        assert (await opened.load_sessions(include_ended=True))[0].spec_json == '{"key": "sealed"}'
+    finally:
+        await opened.close()
+    assert secret.encode() not in read_bytes(db_path)
+
+
 async def test_concurrent_writes_from_many_tasks_all_land(store: SqliteStore) -> None:
     await asyncio.gather(*(store.save_message("s1", message(turn)) for turn in range(1, 201)))
     assert [m.turn for m in await store.load_messages("s1")] == list(range(1, 201))
