@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Final
 
 # JSON may escape a lone surrogate (`"\ud800"`): valid syntax, but not text that UTF-8
 # (the database, the logs, every client) can hold.
@@ -10,6 +11,8 @@ _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # Names become `Name:` prefixes and stop sequences in prompts; a line break would split a
 # speaker line in two.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# The same rule as a JSON Schema pattern (ECMA-262): no control character anywhere.
+NO_CONTROL_CHARS_PATTERN: Final = r"^[^\x00-\x1f\x7f]*$"
 
 
 def has_lone_surrogate(text: str) -> bool:

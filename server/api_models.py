@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from engine.history import Message
-from engine.spec.library import LibraryEntry
+from engine.spec.library import NAME_PATTERN, LibraryEntry
+from engine.text import NO_CONTROL_CHARS_PATTERN
 
 
 class ErrorDetail(BaseModel):
@@ -66,7 +67,10 @@ class CreateQuery(BaseModel):
     library: str | None = Field(
         None,
         description="Start the library spec of this name (see `GET /v1/specs`); the body, if "
-        "any, is then a mapping of overrides merged over it.",
+        "any, is then a mapping of overrides merged over it. A name of another shape is "
+        "answered like an unknown one (404).",
+        # Documented, not validated here: the library answers any other name with 404.
+        json_schema_extra={"pattern": NAME_PATTERN},
     )
 
 
@@ -79,7 +83,11 @@ class ConnectQuery(BaseModel):
         "observer", description="`talker` (reads and writes; full token only) or `observer`."
     )
     name: str | None = Field(
-        None, description="Display name; required for talkers, optional for observers."
+        None,
+        description="Display name: one line, at most MAX_NAME_CHARS characters; required for "
+        "talkers (and not the name of one of the session's bots), optional for observers.",
+        # Documented, not validated here: the engine checks names and refuses with 4000.
+        json_schema_extra={"pattern": NO_CONTROL_CHARS_PATTERN},
     )
     since: int | None = Field(
         None,
@@ -94,7 +102,13 @@ class StreamQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str | None = Field(None, description="Optional display name of this observer.")
+    name: str | None = Field(
+        None,
+        description="Optional display name of this observer: one line, at most "
+        "MAX_NAME_CHARS characters.",
+        # Documented here, checked by the route (with the engine's codes).
+        json_schema_extra={"pattern": NO_CONTROL_CHARS_PATTERN},
+    )
     since: int | None = Field(
         None,
         ge=0,
@@ -106,8 +120,14 @@ class StreamQuery(BaseModel):
 class StreamHeaders(BaseModel):
     """Request headers the SSE `stream` endpoint reads."""
 
-    last_event_id: str | None = Field(
-        None, description="Last `seq` seen (sent by EventSource on reconnect); like `since`."
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    last_event_id: int | None = Field(
+        None,
+        ge=0,
+        alias="Last-Event-ID",
+        description="Last `seq` seen (sent by EventSource on reconnect); like `since`, and "
+        "wins over it.",
     )
 
 

@@ -23,6 +23,7 @@ from server import console, errors, routes, sse, ws
 from server.openapi import TAGS, FellowshipOpenAPI, api_info
 from server.ratelimit import RateLimiter
 from server.state import EXTENSION_KEY, ServerState, current_state
+from server.wire import TokenConverter
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 DOCS_DIR: Final = STATIC_DIR / "docs"
@@ -82,6 +83,8 @@ def create_app(settings: Settings, *, manager: SessionManager | None = None) -> 
         openapi_provider_class=FellowshipOpenAPI,
     )
     errors.install(app)
+    # Before the blueprints: their rules name this converter.
+    app.url_map.converters["token"] = TokenConverter
     for blueprint in (routes.blueprint, ws.blueprint, sse.blueprint, console.blueprint):
         app.register_blueprint(blueprint)
     app.add_url_rule("/docs", "docs", _docs_page)

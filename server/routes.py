@@ -11,9 +11,7 @@ token gets the same 404 whether or not a session ever existed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, TypeVar
 
 from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_request, document_response, tag
@@ -26,30 +24,17 @@ from engine.spec.models import SessionSpec
 from engine.status import SessionStatus
 from server.api_models import (
     CreateQuery,
-    ErrorBody,
     HealthResponse,
     HistoryResponse,
     SpecLibraryResponse,
 )
+from server.openapi import document_errors
 from server.state import current_state
 from server.wire import json_response, parse_params
 
 blueprint = Blueprint("sessions", __name__)
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-SESSION_PATH = "/v1/session/<token>"
-
-
-def _errors(*statuses: int) -> Callable[[F], F]:
-    """Document the error answers a route can give (all share `ErrorBody`)."""
-
-    def decorate(func: F) -> F:
-        for status in statuses:
-            func = document_response(ErrorBody, status)(func)
-        return func
-
-    return decorate
+SESSION_PATH = "/v1/session/<token:token>"
 
 
 def api_version() -> str:
@@ -93,7 +78,7 @@ async def library() -> Response:
 @document_querystring(CreateQuery)
 @document_request(SessionSpec)
 @document_response(CreatedSession, 201)
-@_errors(400, 404, 413, 422, 429, 503)
+@document_errors(400, 404, 408, 413, 422)
 async def create_session() -> Response:
     """Create a session.
 
@@ -107,9 +92,15 @@ async def create_session() -> Response:
     Answers 201 with the public session `id`, the full-control `token`, the read-only
     `observer_token` (the only time either is shown), the normalized spec with secrets
     removed, and `warnings` (unknown keys, options not built yet). Errors: 400 malformed
-    document (with line and column), 404 unknown library name, 413 larger than
+    or empty document (with line and column), 404 unknown library name, 413 larger than
     MAX_SPEC_BYTES, 422 invalid spec (every problem with its path in `details`), 429
     too many sessions.
+
+    The schema below is this server's (MAX_BOTS_PER_SESSION and MAX_PROMPT_CHARS are
+    filled in), yet a body that fits it can still be refused with 422 for the rules a
+    JSON Schema cannot state: bot names unique ignoring case, `memory: inherit:<token>`
+    naming an existing session (by its full token), and `llm.base_url` pointing to a
+    host in ALLOWED_LLM_HOSTS with a valid port.
     """
     state = current_state()
     settings = state.settings
@@ -143,7 +134,7 @@ async def _read_body(limit: int) -> bytes:
 @blueprint.get(SESSION_PATH)
 @tag(["sessions"])
 @document_response(SessionStatus)
-@_errors(404)
+@document_errors(404)
 async def session_status(token: str) -> Response:
     """Session status.
 
@@ -157,7 +148,7 @@ async def session_status(token: str) -> Response:
 @blueprint.delete(SESSION_PATH)
 @tag(["sessions"])
 @document_response(SessionStatus)
-@_errors(403, 404, 409)
+@document_errors(403, 404, 409)
 async def end_session(token: str) -> Response:
     """End a session.
 
@@ -175,7 +166,7 @@ async def end_session(token: str) -> Response:
 @blueprint.post(f"{SESSION_PATH}/pause")
 @tag(["sessions"])
 @document_response(SessionStatus)
-@_errors(403, 404, 409)
+@document_errors(403, 404, 409)
 async def pause_session(token: str) -> Response:
     """Pause a session.
 
@@ -192,7 +183,7 @@ async def pause_session(token: str) -> Response:
 @blueprint.post(f"{SESSION_PATH}/resume")
 @tag(["sessions"])
 @document_response(SessionStatus)
-@_errors(403, 404, 409)
+@document_errors(403, 404, 409)
 async def resume_session(token: str) -> Response:
     """Resume a paused session.
 
@@ -208,7 +199,7 @@ async def resume_session(token: str) -> Response:
 @blueprint.get(f"{SESSION_PATH}/history")
 @tag(["sessions"])
 @document_response(HistoryResponse)
-@_errors(404)
+@document_errors(404)
 async def session_history(token: str) -> Response:
     """Full history.
 

@@ -17,15 +17,16 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from quart import Blueprint, Response, request
-from quart_schema import document_headers, document_querystring, document_response, tag
+from quart_schema import document_headers, document_querystring, tag
 
-from engine.errors import FellowshipError
+from engine.errors import BadRequest, FellowshipError
 from engine.events import BaseEvent
 from engine.hub import Frame
 from engine.manager import Handle, SessionManager
-from server.api_models import ErrorBody, ErrorDetail, StreamHeaders, StreamQuery
-from server.errors import ParameterError, error_event
-from server.openapi import document_raw_response
+from engine.text import has_control_chars
+from server.api_models import StreamHeaders, StreamQuery
+from server.errors import error_event
+from server.openapi import document_errors, document_raw_response, reference
 from server.state import current_state
 from server.wire import parse_params
 
@@ -39,20 +40,24 @@ SSE_HEADERS = {
 # and some client libraries then report an empty one.
 KEEPALIVE = b": keep-alive\n"
 
+STREAM_HELP = (
+    "The event stream. Read it with an SSE client (a browser's EventSource, httpx-sse, "
+    "...): every frame has `id: <seq>`, `event: <type>` and `data: <the event as one line "
+    "of JSON>`, the first being `history` (or the missed events); the schema describes one "
+    "frame. Lines starting with `:` are keep-alive comments, and a last `: closed: <reason>` "
+    "comment ends the stream."
+)
 
-@blueprint.get("/v1/session/<token>/stream")
+
+@blueprint.get("/v1/session/<token:token>/stream")
 @tag(["streams"])
 @document_querystring(StreamQuery)
 @document_headers(StreamHeaders)
 @document_raw_response(
-    200,
-    "The event stream: `id: <seq>`, `event: <type>`, `data: <event JSON>` per event, and "
-    "keep-alive comments.",
-    "text/event-stream",
+    200, STREAM_HELP, {"text/event-stream": {"schema": reference("ServerSentEvent")}}
 )
 @document_raw_response(204, "The session has ended and this client has seen every event.")
-@document_response(ErrorBody, 400)
-@document_response(ErrorBody, 404)
+@document_errors(400, 404)
 async def stream(token: str) -> Response:
     """Observe a session as Server-Sent Events.
 
@@ -63,13 +68,20 @@ async def stream(token: str) -> Response:
     comments arrive every SSE_KEEPALIVE_SECONDS. The stream ends after `session_end`
     (close your EventSource then), on server shutdown, or when the client falls too far
     behind (reconnect: EventSource does it with `Last-Event-ID`). 204 when the session
-    has ended and the client has already seen its last event.
+    has ended and the client has already seen its last event. 400 when `since`,
+    `Last-Event-ID` or `name` is not what this page says.
     """
     state = current_state()
     state.refuse_if_closing()
     manager = state.manager
     query = parse_params(StreamQuery, dict(request.args.items()))
-    since = _last_event_id(request.headers.get("Last-Event-ID"), query.since)
+    headers = parse_params(
+        StreamHeaders,
+        {"Last-Event-ID": request.headers.get("Last-Event-ID")},
+        empty_is_absent=False,
+    )
+    _check_name(query.name, state.settings.max_name_chars)
+    since = headers.last_event_id if headers.last_event_id is not None else query.since
     handle = manager.open(token)
     status = manager.status(handle)
     if status.state == "ended" and since is not None and since >= status.last_seq:
@@ -84,18 +96,21 @@ async def stream(token: str) -> Response:
     return response
 
 
-def _last_event_id(header: str | None, since: int | None) -> int | None:
-    """`Last-Event-ID` (sent by EventSource on reconnect) wins over `?since=`."""
-    if header is None or not header.strip():
-        return since
-    try:
-        value = int(header.strip())
-    except ValueError:
-        value = -1
-    if value < 0:
-        problem = ErrorDetail(path="Last-Event-ID", message="must be a seq number (0 or more)")
-        raise ParameterError("invalid parameters: Last-Event-ID must be a seq number", [problem])
-    return value
+def _check_name(name: str | None, limit: int) -> None:
+    """Refuse a bad display name before the stream starts, with a 400.
+
+    The engine checks names again when the member joins (after trimming blanks), but by
+    then the answer is already 200 and a refusal could only be an `error` event inside
+    the stream. Checking the name as sent keeps the answer what /openapi.json says.
+    """
+    if name is None:
+        return
+    if len(name) > limit:
+        raise BadRequest(f"display name longer than {limit} characters", code="name_too_long")
+    if has_control_chars(name):
+        raise BadRequest(
+            "a display name is one line, without tabs or control characters", code="invalid_name"
+        )
 
 
 def encode_event(event: BaseEvent) -> bytes:

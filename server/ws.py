@@ -42,30 +42,26 @@ from server.errors import (
     ws_close_for_reason,
     ws_reason,
 )
-from server.openapi import document_raw_response
 from server.state import current_state
 from server.wire import parse_params
 
 blueprint = Blueprint("websocket", __name__)
 
 
-
-@blueprint.websocket("/v1/session/<token>/connect")
+@blueprint.websocket("/v1/session/<token:token>/connect")
 @tag(["streams"])
 @document_querystring(ConnectQuery)
-@document_raw_response(
-    101,
-    "Switching Protocols: the WebSocket is open; events follow, `history` first. Refusals "
-    "arrive as an `error` event followed by a close code.",
-)
 async def connect(token: str) -> None:
     """Join a session over WebSocket (talker or observer).
 
-    A WebSocket endpoint (`ws://` or `wss://`). `role=talker` needs the full token and a
-    `name`; `role=observer` (the default) works with either token. `since=<seq>` replays
-    the events missed since that seq.
+    A WebSocket endpoint (`ws://` or `wss://`), not an HTTP operation: open it with a
+    WebSocket client. A plain HTTP request here answers 400. `role=talker` needs the
+    full token and a `name`; `role=observer` (the default) works with either token.
+    `since=<seq>` replays the events missed since that seq. The handshake is accepted
+    whatever the query says; a bad value is refused afterwards (4000), because a
+    browser can read a close code but not the status of a refused handshake.
 
-    Server to client: JSON text frames, one event each (schemas: the event components).
+    Server to client: JSON text frames, one event each (schema: the `Event` component).
     The first is `history` (or the replayed events), then every live event in `seq`
     order, with no gap and no duplicate.
 

@@ -32,7 +32,9 @@ from engine.spec.loader import (
 )
 
 SPEC_SUFFIX: Final = ".yaml"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# What a library name looks like; anything else is answered like an unknown name.
+NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+_NAME = re.compile(NAME_PATTERN)  # used with fullmatch
 _DEEP_MERGED: Final = frozenset({"options", "llm"})
 _MODELINE = "yaml-language-server:"
 # The name is not echoed: it is client input of any length.

@@ -37,6 +37,16 @@ TurnOrder = Literal["round_robin", "orchestrated"]
 ContextMode = Literal["shared", "scoped"]
 MemoryMode = Literal["none", "new", "inherit"]
 
+# The bot-name rule as a JSON Schema pattern, for the schema to say exactly what the
+# validators below accept: 1 to BOT_NAME_MAX_CHARS characters once the blanks around
+# them are trimmed (pydantic trims Unicode White_Space), no control character in those.
+_BLANKS = r"\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_CONTROLS = r"\x00-\x1f\x7f"
+BOT_NAME_PATTERN: Final = (
+    f"^[{_BLANKS}]*[^{_BLANKS}{_CONTROLS}]"
+    f"(?:[^{_CONTROLS}]{{0,{BOT_NAME_MAX_CHARS - 2}}}[^{_BLANKS}{_CONTROLS}])?[{_BLANKS}]*$"
+)
+
 MEMORY_INHERIT_PREFIX: Final = "inherit:"
 MEMORY_PATTERN: Final = r"^\s*(none|new|inherit:\s*\S.*)\s*$"
 # What replaces an inherited session's token wherever a spec is shown back.
@@ -66,6 +76,13 @@ def _check_bot_name(value: str) -> str:
             "bot_name", "must not contain line breaks, tabs or other control characters"
         )
     return value
+
+
+def _bot_name_schema(schema: dict[str, Any]) -> None:
+    # The length counts after trimming, which only the pattern can say.
+    schema.pop("minLength", None)
+    schema.pop("maxLength", None)
+    schema["pattern"] = BOT_NAME_PATTERN
 
 
 def _check_url(value: str) -> str:
@@ -123,6 +140,7 @@ class BotSpec(_SpecModel):
             "no line breaks."
         ),
         examples=["Alice"],
+        json_schema_extra=_bot_name_schema,
     )
     system_prompt: str = Field(
         "",
@@ -293,7 +311,19 @@ class LLMOverride(_SpecModel):
 class SessionSpec(_SpecModel):
     """A whole session spec: the bots, the options and an optional backend override."""
 
-    model_config = ConfigDict(title="Fellowship session spec")
+    model_config = ConfigDict(
+        title="Fellowship session spec",
+        # The one rule between two fields that a JSON Schema can say as well.
+        json_schema_extra={
+            "if": {
+                "properties": {
+                    "options": {"properties": {"turn_order": {"const": "orchestrated"}}}
+                },
+                "required": ["options"],
+            },
+            "then": {"properties": {"bots": {"minItems": ORCHESTRATED_MIN_BOTS}}},
+        },
+    )
 
     version: Literal[1] = Field(1, description="Spec format version. Only 1 exists.")
     name: StrippedLabel = Field(

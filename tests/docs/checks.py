@@ -35,7 +35,9 @@ INVALID_MARKER = "# docs-test: invalid"
 """Put this comment in a YAML spec block that is wrong on purpose (e.g. to show an error)."""
 
 # Upper-case words in backticks that are not settings: HTTP methods, SQLite modes.
-NOT_SETTINGS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "WS", "FULL", "NORMAL", "OFF"})
+NOT_SETTINGS = frozenset(
+    {"GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "WS", "FULL", "NORMAL", "OFF"}
+)
 # Names the docs use that belong elsewhere: other programs' variables and keywords
 # (Ollama), the test suite's switch, and the shell variables the examples set.
 FOREIGN_NAMES = frozenset(

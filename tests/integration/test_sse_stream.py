@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 from httpx_sse import aconnect_sse
 
 from tests.integration.conftest import (
@@ -195,6 +196,40 @@ async def test_bad_last_event_id_is_400_and_unknown_token_404(
     response = await client.get("/v1/session/nope/stream")
     assert response.status_code == 404
     assert json.loads(response.text)["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "code"),
+    [
+        ("", {"Last-Event-ID": ""}, "invalid_parameters"),
+        ("", {"Last-Event-ID": "-1"}, "invalid_parameters"),
+        ("?since=-1", {}, "invalid_parameters"),
+        ("?since=soon", {}, "invalid_parameters"),
+        ("?name=" + "x" * 65, {}, "name_too_long"),
+        ("?name=tab%09here", {}, "invalid_name"),
+    ],
+)
+async def test_bad_parameters_are_a_400_before_the_stream_starts(
+    client: httpx.AsyncClient, query: str, headers: dict[str, str], code: str
+) -> None:
+    # What /openapi.json says of them: a seq number, a name of one line and MAX_NAME_CHARS.
+    created = await create_session(client, participation="reactive")
+    response = await client.get(
+        f"/v1/session/{created['observer_token']}/stream{query}", headers=headers
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["code"] == code
+
+
+async def test_an_empty_since_reads_as_no_since(
+    server: RunningServer, client: httpx.AsyncClient
+) -> None:
+    created = await create_session(client, participation="reactive")
+    async with sse(server, created["observer_token"], query="?since=&name=") as stream:
+        await stream.wait_type("history")
+        assert stream.status == 200
+        assert stream.events[0]["type"] == "history"
 
 
 async def test_a_client_going_away_leaves_the_session(

@@ -1,111 +1,112 @@
-"""The whole HTTP API, fuzzed from its own OpenAPI document with schemathesis.
+"""The whole HTTP API against its own OpenAPI document, with every schemathesis check.
 
-Every operation in `/openapi.json` gets requests generated from its schema — valid
-ones and deliberately invalid ones — with real tokens mixed into the paths, so that the
-fuzzing reaches past the 404 of an unknown token. Whatever comes in, the answer is
-never a server error, and every error answer is the documented JSON body
-`{"error": ..., "code": ...}`. Generation is derandomized, so a run is repeatable.
+This is `schemathesis run <server>/openapi.json --checks all` inside pytest: the same
+engine and phases (examples, coverage, fuzzing, and the stateful phase that chains
+create with every route through the links it infers), every check on, and the project's
+`schemathesis.toml` (whose hooks accept two documented behaviours, nothing else). Real
+tokens are mixed into the generated paths so that fuzzing reaches past the 404 of an
+unknown token. Any finding fails the test, with the request that reproduces it.
+Generation is seeded, so a run is repeatable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import zlib
+from pathlib import Path
 from typing import Any
 
 import httpx
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-from hypothesis.errors import Unsatisfiable
-from schemathesis import Case, GenerationMode
+import pytest
+from schemathesis.config import SchemathesisConfig
+from schemathesis.engine import Status, StopReason, events, from_schema
+from schemathesis.engine.recorder import ScenarioRecorder
 from schemathesis.openapi import from_dict
-from schemathesis.schemas import APIOperation
 
 from engine.llm.mock import MockLLM
+from server.wire import RESERVED_TOKENS
 from tests.integration.conftest import RunningServer, create_session
 
-EXAMPLES_PER_OPERATION = 30
-CALL_TIMEOUT = 10.0  # seconds; a request that hangs is a failure, not a slow pass
+CONFIG_PATH = Path(__file__).parents[2] / "schemathesis.toml"
+# Cases per operation and phase (the stateful phase runs as many scenarios): 80 keeps
+# the whole run under a minute on the 2-core test machine (docs/api.md, "Fuzzing").
+MAX_EXAMPLES = 80
+# The run takes about a minute alone; on a loaded machine it gets this much.
+TEST_TIMEOUT = 300
+SEED = 23
+CALL_TIMEOUT = 10.0  # seconds; a request that hangs is a finding, not a slow pass
 SLOW_BACKEND_MS = 1000  # sessions the fuzzer creates idle on the backend, cheaply
 
 
-def problems_with(case: Case, status: int, content_type: str, body: bytes) -> list[str]:
-    """What is wrong with one answer (empty when it is fine)."""
-    where = f"{case.method} {case.formatted_path}"
-    if status >= httpx.codes.INTERNAL_SERVER_ERROR:
-        return [f"{where}: {status} {body[:200]!r}"]
-    if status < httpx.codes.BAD_REQUEST:
-        return []
-    if not content_type.startswith("application/json"):
-        return [f"{where}: {status} answered as {content_type!r}: {body[:200]!r}"]
-    try:
-        error = httpx.Response(status, content=body).json()
-    except ValueError:
-        return [f"{where}: {status} with a body that is not JSON: {body[:200]!r}"]
-    if not (
-        isinstance(error, dict)
-        and isinstance(error.get("error"), str)
-        and isinstance(error.get("code"), str)
-    ):
-        return [f"{where}: {status} error body without error/code: {error!r}"]
-    return []
+def schemathesis_config(base_url: str) -> SchemathesisConfig:
+    """The project's config with this run's settings: what the CLI options would set."""
+    config = SchemathesisConfig.from_path(CONFIG_PATH)
+    config.update(seed=SEED, max_failures=None)
+    project = config.projects.override
+    project.update(base_url=base_url, workers=1, request_timeout=CALL_TIMEOUT)
+    project.checks.update(included_check_names=["all"])
+    project.generation.update(max_examples=MAX_EXAMPLES)
+    return config
 
 
-def fuzz_operation(
-    operation: APIOperation, base_url: str, tokens: list[str], mode: GenerationMode
-) -> list[str]:
-    """Run the generated cases of one operation; return every problem found."""
-    found: list[str] = []
-    streams = operation.path.endswith("/stream")
+def token_mixer(tokens: list[str]) -> Any:
+    """A `map_path_parameters` hook: most generated tokens become real ones, repeatably."""
 
-    @settings(
-        max_examples=EXAMPLES_PER_OPERATION,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(case=operation.as_strategy(mode), pick=st.integers(0, len(tokens)))
-    def check(case: Case, pick: int) -> None:
-        if pick < len(tokens) and "token" in (case.path_parameters or {}):
-            # A real token instead of the generated one, for most cases. A stream of a
-            # live session never ends by itself, so streams only get ended sessions.
-            token = tokens[pick]
-            if not streams or token.startswith("ended:"):
-                case.path_parameters["token"] = token.removeprefix("ended:")
-        response = case.call(base_url=base_url, timeout=CALL_TIMEOUT)
-        print("FUZZ", case.method, operation.path, response.status_code)
-        content_type = response.headers.get("content-type", [""])
-        found.extend(
-            problems_with(
-                case,
-                response.status_code,
-                content_type[0] if isinstance(content_type, list) else str(content_type),
-                response.content,
-            )
-        )
+    def map_path_parameters(
+        context: Any, path_parameters: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        token = (path_parameters or {}).get("token")
+        # A reserved word is a deliberate negative case: keep it.
+        if isinstance(token, str) and token not in RESERVED_TOKENS:
+            pick = zlib.crc32(token.encode("utf-8", "surrogatepass")) % (len(tokens) + 1)
+            if pick < len(tokens):
+                path_parameters = {**(path_parameters or {}), "token": tokens[pick]}
+        return path_parameters
 
-    try:
-        check()
-    except Unsatisfiable:
-        # Nothing in this operation can be made invalid (no parameters, no body).
-        assert mode is GenerationMode.NEGATIVE, operation.label
+    return map_path_parameters
+
+
+def findings_of(recorder: ScenarioRecorder, phase: str) -> list[str]:
+    """Every failed check of one scenario, with the request that reproduces it."""
+    found = []
+    for checks in recorder.checks.values():
+        for check in checks:
+            if check.status == Status.SUCCESS:
+                continue
+            info = check.failure_info
+            if info is None:
+                found.append(f"[{phase}] {recorder.label}: check {check.name} {check.status}")
+                continue
+            failure = info.failure
+            where = f"[{phase}] {recorder.label}"
+            found.append(f"{where}: {failure.title}\n{failure.message}\n{info.code_sample}")
     return found
 
 
-def fuzz(document: dict[str, Any], base_url: str, tokens: list[str]) -> list[str]:
-    """Fuzz every operation of the document, valid and invalid inputs."""
-    schema = from_dict(document)
+def run_schemathesis(document: dict[str, Any], base_url: str, tokens: list[str]) -> list[str]:
+    """Run every phase with every check; return the findings (empty when all is well)."""
+    schema = from_dict(document, config=schemathesis_config(base_url))
+    schema.hook(token_mixer(tokens))
     found: list[str] = []
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert operations, "the OpenAPI document lists no operation"
-    for operation in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            found.extend(fuzz_operation(operation, base_url, tokens, mode))
+    phases: set[str] = set()
+    for event in from_schema(schema).execute():
+        if isinstance(event, events.ScenarioFinished):
+            phases.add(event.phase.value)
+            found.extend(findings_of(event.recorder, event.phase.value))
+        elif isinstance(event, events.NonFatalError):
+            found.append(f"[{event.phase}] {event.label}: error {event.value!r}")
+        elif isinstance(event, events.FatalError):
+            raise event.exception
+        elif isinstance(event, events.EngineFinished):
+            assert event.stop_reason is StopReason.COMPLETED, event.stop_reason
+            found.extend(f"[after run] {f.title}: {f.message}" for f in event.failures)
+    # Every phase of `schemathesis run` did run (the stateful one needs inferred links).
+    assert {"examples", "coverage", "fuzzing", "stateful"} <= phases, phases
     return found
 
 
-async def test_no_generated_request_gets_a_server_error_or_an_error_that_is_not_json(
+@pytest.mark.timeout(TEST_TIMEOUT)
+async def test_every_schemathesis_check_passes_on_every_operation(
     server: RunningServer, client: httpx.AsyncClient, mock: MockLLM
 ) -> None:
     mock.latency_ms = SLOW_BACKEND_MS
@@ -113,14 +114,10 @@ async def test_no_generated_request_gets_a_server_error_or_an_error_that_is_not_
     live = await create_session(client, participation="reactive")
     ended = await create_session(client, participation="reactive")
     assert (await client.delete(f"/v1/session/{ended['token']}")).status_code == 200
-    tokens = [
-        live["token"],
-        live["observer_token"],
-        f"ended:{ended['token']}",
-        f"ended:{ended['observer_token']}",
-    ]
-    problems = await asyncio.to_thread(fuzz, document, server.base_url, tokens)
-    assert problems == [], "\n".join(problems[:20])
+    tokens = [live["token"], live["observer_token"], ended["token"], ended["observer_token"]]
+    findings = await asyncio.to_thread(run_schemathesis, document, server.base_url, tokens)
+    assert findings == [], f"{len(findings)} findings:\n\n" + "\n\n".join(findings[:10])
     # The server is still well after all that.
     health = await client.get("/healthz")
     assert health.status_code == 200
+

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema_rs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from engine.spec.models import BotSpec, LLMOverride, SessionOptions, SessionSpec, parse_memory
+from engine.spec.models import (
+    BOT_NAME_MAX_CHARS,
+    BotSpec,
+    LLMOverride,
+    SessionOptions,
+    SessionSpec,
+    parse_memory,
+)
 from engine.spec.schema import SCHEMA_DIALECT, session_spec_schema
 
 SECRET_KEY = "sk-do-not-leak-0123456789"
@@ -147,7 +157,9 @@ def walk_properties(node: object, path: str = "") -> list[tuple[str, dict[str, A
         for name, prop in node.get("properties", {}).items():
             found.append((f"{path}.{name}", prop))
         for key, value in node.items():
-            found.extend(walk_properties(value, f"{path}/{key}"))
+            # `if`/`then` restate properties described elsewhere, as conditions.
+            if key not in ("if", "then"):
+                found.extend(walk_properties(value, f"{path}/{key}"))
     return found
 
 
@@ -164,3 +176,50 @@ def test_schema_is_draft_2020_12_with_a_title_and_numeric_bounds() -> None:
     temperature = schema["$defs"]["BotSpec"]["properties"]["temperature"]["anyOf"][0]
     assert (temperature["minimum"], temperature["maximum"]) == (0, 2)
     assert "ge" not in temperature  # pydantic's spelling must not leak into the schema
+
+
+def model_accepts_name(name: str) -> bool:
+    try:
+        BotSpec(name=name)
+    except ValidationError:
+        return False
+    return True
+
+
+def schema_accepts_name(name: str) -> bool:
+    pattern = session_spec_schema()["$defs"]["BotSpec"]["properties"]["name"]["pattern"]
+    return bool(jsonschema_rs.validator_for({"pattern": pattern}).is_valid(name))
+
+
+@settings(max_examples=500, derandomize=True, database=None)
+@given(name=st.text(max_size=BOT_NAME_MAX_CHARS + 8))
+def test_schema_bot_name_pattern_accepts_exactly_the_names_the_model_accepts(name: str) -> None:
+    assert schema_accepts_name(name) == model_accepts_name(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        (" Alice ", True),
+        ("\tAlice\n", True),  # surrounding blanks are trimmed, line breaks too
+        ("A" * BOT_NAME_MAX_CHARS, True),
+        (" " + "A" * BOT_NAME_MAX_CHARS + " ", True),  # the limit counts after trimming
+        ("A" * (BOT_NAME_MAX_CHARS + 1), False),
+        ("   ", False),
+        ("Al\nice", False),
+        ("\x1cAlice", False),  # a control character that is not trimmed
+    ],
+)
+def test_schema_bot_name_pattern_on_the_edges(name: str, accepted: bool) -> None:
+    assert schema_accepts_name(name) is accepted
+    assert model_accepts_name(name) is accepted
+
+
+def test_schema_needs_three_bots_for_orchestrated_turns() -> None:
+    validator = jsonschema_rs.validator_for(session_spec_schema())
+    two = [{"name": "Alice"}, {"name": "Bob"}]
+    orchestrated = {"turn_order": "orchestrated"}
+    assert not validator.is_valid({"bots": two, "options": orchestrated})
+    assert validator.is_valid({"bots": [*two, {"name": "Carol"}], "options": orchestrated})
+    assert validator.is_valid({"bots": two, "options": {"turn_order": "round_robin"}})
+    assert validator.is_valid({"bots": two})
