@@ -374,14 +374,7 @@ class SessionManager:
         self, handle: Handle, role: MemberRole, name: str | None, since: int | None
     ) -> Member:
         """Connect a talker or observer; its stream starts with history or the missed events."""
-        name = name.strip() if name else None
-        if name and len(name) > self.settings.max_name_chars:
-            raise BadRequest("display name too long", code="name_too_long")
-        if name and has_control_chars(name):
-            raise BadRequest(
-                "a display name is one line, without tabs or control characters",
-                code="invalid_name",
-            )
+        name = self.display_name(name)
         if role == "talker":
             self.require_full(handle)
             if not name:
@@ -392,6 +385,21 @@ class SessionManager:
                     f"{name!r} is the name of a bot in this session", code="name_taken"
                 )
         return handle.session.join(role, name, since)
+
+    def display_name(self, name: str | None) -> str | None:
+        """A member's display name, trimmed; refused when too long or not one plain line."""
+        name = name.strip() if name else None
+        if name and len(name) > self.settings.max_name_chars:
+            raise BadRequest(
+                f"display name longer than {self.settings.max_name_chars} characters",
+                code="name_too_long",
+            )
+        if name and has_control_chars(name):
+            raise BadRequest(
+                "a display name is one line, without tabs or control characters",
+                code="invalid_name",
+            )
+        return name
 
     async def post(self, handle: Handle, member: Member, content: str) -> Message:
         """A talker's message: validated, placed in history, broadcast, and the loop woken."""

@@ -19,11 +19,10 @@ from collections.abc import AsyncIterator
 from quart import Blueprint, Response, request
 from quart_schema import document_headers, document_querystring, tag
 
-from engine.errors import BadRequest, FellowshipError
+from engine.errors import FellowshipError
 from engine.events import BaseEvent
 from engine.hub import Frame
 from engine.manager import Handle, SessionManager
-from engine.text import has_control_chars
 from server.api_models import StreamHeaders, StreamQuery
 from server.errors import error_event
 from server.openapi import document_errors, document_raw_response, reference
@@ -80,7 +79,8 @@ async def stream(token: str) -> Response:
         {"Last-Event-ID": request.headers.get("Last-Event-ID")},
         empty_is_absent=False,
     )
-    _check_name(query.name, state.settings.max_name_chars)
+    # Checked before the stream starts, so that a bad name is a 400, not an event in a 200.
+    manager.display_name(query.name)
     since = headers.last_event_id if headers.last_event_id is not None else query.since
     handle = manager.open(token)
     status = manager.status(handle)
@@ -94,23 +94,6 @@ async def stream(token: str) -> Response:
     )
     response.timeout = None  # a stream lasts as long as the session
     return response
-
-
-def _check_name(name: str | None, limit: int) -> None:
-    """Refuse a bad display name before the stream starts, with a 400.
-
-    The engine checks names again when the member joins (after trimming blanks), but by
-    then the answer is already 200 and a refusal could only be an `error` event inside
-    the stream. Checking the name as sent keeps the answer what /openapi.json says.
-    """
-    if name is None:
-        return
-    if len(name) > limit:
-        raise BadRequest(f"display name longer than {limit} characters", code="name_too_long")
-    if has_control_chars(name):
-        raise BadRequest(
-            "a display name is one line, without tabs or control characters", code="invalid_name"
-        )
 
 
 def encode_event(event: BaseEvent) -> bytes:
