@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engine.structured import StructuredSetting
+
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -85,7 +87,7 @@ class Settings(BaseSettings):
     llm_error_detail_chars: int = Field(
         300, ge=0, description="Longest excerpt of a backend's own error message kept in errors."
     )
-    llm_structured_output: Literal["auto", "json_schema", "json_object", "format", "off"] = Field(
+    llm_structured_output: StructuredSetting = Field(
         "auto",
         description="How the orchestrator asks the default backend for a JSON answer first: "
         "json_schema (OpenAI, vLLM, llama-server, Ollama 0.5+), json_object with a schema "

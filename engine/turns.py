@@ -18,6 +18,7 @@ from engine.llm.types import ChatMessage, ChatRequest, Completion, Usage
 from engine.prompts import PromptParts, build_prompt, stop_sequences
 from engine.rectifier import Slot
 from engine.session import Session
+from engine.spec.models import bot_sampling
 
 
 @dataclass(slots=True)
@@ -55,10 +56,16 @@ def bot_prompt(session: Session, bot_name: str, context_upto: int | None) -> Cha
     )
     llm = session.spec.llm
     model = bot.model or (llm.model if llm else None) or settings.default_bot_model
+    sampling = bot_sampling(bot, session.spec.sampling)
     return ChatRequest(
         model=model,
         messages=messages,
-        temperature=bot.temperature,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        frequency_penalty=sampling.frequency_penalty,
+        presence_penalty=sampling.presence_penalty,
+        seed=sampling.seed,
+        extra=sampling.backend_options.payload() if sampling.backend_options else {},
         max_tokens=bot.max_tokens,
         stop=stop_sequences(
             bot.name,

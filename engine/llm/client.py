@@ -39,7 +39,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -64,6 +64,8 @@ from engine.llm.wire import WireErrorBody, WireMessage, WireResponse
 from engine.logs import secret_filter
 
 logger = logging.getLogger(__name__)
+
+_State = TypeVar("_State")
 
 TokenCallback = Callable[[str], Awaitable[None]]
 """Receives each piece of reply text as it streams in (never reasoning)."""
@@ -206,6 +208,7 @@ class LLMClient:
         self._transport = transport
         self._http: dict[str, httpx.AsyncClient] = {}
         self._limiters: dict[str, FairLimiter] = {}
+        self._states: dict[tuple[str, type[Any]], Any] = {}
         default_key = settings.llm_api_key.get_secret_value()
         if default_key:
             secret_filter.add_secret(default_key)
@@ -246,6 +249,18 @@ class LLMClient:
             limiter = FairLimiter(self._settings.llm_max_concurrency)
             self._limiters[backend.base_url] = limiter
         return limiter
+
+    def state_for(self, backend: Backend, kind: type[_State]) -> _State:
+        """What callers learn about one backend, kept for as long as the client lives.
+
+        One `kind()` instance per backend and kind (the orchestrator keeps which way of
+        asking for structured output a backend honours). Callers own the contents.
+        """
+        key = (backend.base_url, kind)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = kind()
+        return cast(_State, state)
 
     async def chat(
         self,

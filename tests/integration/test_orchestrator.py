@@ -25,7 +25,8 @@ CONVERSATION = [("Alice", "Espresso is the only serious coffee."), ("Bob", "Tea,
 
 @pytest.fixture
 async def manager(manager_factory: ManagerFactory) -> SessionManager:
-    return await manager_factory(default_orchestrator_model="router-1")
+    # These tests are about the tool-call ladder; structured output has its own tests.
+    return await manager_factory(default_orchestrator_model="router-1", llm_structured_output="off")
 
 
 async def decide(session: Session) -> tuple[Decision, dict[str, Any]]:
