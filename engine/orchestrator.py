@@ -75,6 +75,7 @@ _STRIP: Final = string.whitespace + string.punctuation + _QUOTES
 _CALL_SYNTAX: Final = re.compile(
     rf"\b({SELECT_SPEAKER}|{HOLD}|{END_SESSION})\s*\(([^()]*)\)", re.IGNORECASE
 )
+_NAMES_THE_FIELD: Final = re.compile(r"response_format|json_schema|\bformat\b", re.IGNORECASE)
 _KEYWORD_ARG: Final = re.compile(r"""^\s*\w+\s*[=:]\s*(.+?)\s*$""", re.DOTALL)
 # A default reason when a model ends the session without giving one.
 _NO_REASON: Final = "the orchestrator judged the goal reached"
@@ -362,12 +363,24 @@ async def _ask_structured(
     """Rung 0: the decision asked for as JSON; None when the answer is not usable."""
     mode, probe = way
     request = orchestrator_request(session, menu, structured=mode)
-    completion = await _ask(session, request, errors)
-    reading = read_structured(completion.content, menu) if completion is not None else None
-    if probe is not None and (completion is not None or errors[-1] == LLM_REJECTED):
+    refused = False
+    reading = None
+    try:
+        completion = await session.deps.llm.chat(
+            request, backend=session.backend, queue_key=session.id
+        )
+    except LLMError as exc:
+        session.log.warning("structured orchestrator call failed: %s (%s)", exc.code, exc.message)
+        errors.append(exc.code)
+        # A 4xx, or a server that chokes on the field (llama-cpp-python answers an unknown
+        # response_format type with a 500 naming it): this way is not understood.
+        refused = exc.code == LLM_REJECTED or _NAMES_THE_FIELD.search(exc.message) is not None
+    else:
+        reading = read_structured(completion.content, menu)
+    if probe is not None:
         probe.note(
             usable=reading is not None,
-            refused=completion is None,
+            refused=refused,
             limit=session.deps.settings.structured_output_probe_failures,
             backend=session.backend.display_url,
         )

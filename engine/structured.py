@@ -11,9 +11,10 @@ Backends take a JSON schema in different fields:
 
 `LLM_STRUCTURED_OUTPUT` (or a spec's `llm.structured_output`) picks one, turns the
 feature off, or leaves it to `auto`: a `StructuredOutputProbe` per backend tries
-`json_schema`, then `json_object`, then gives up, moving on when a backend refuses the
-request (HTTP 4xx) or answers with something unusable `STRUCTURED_OUTPUT_PROBE_FAILURES`
-times in a row. A way that has worked once is kept for good.
+`json_schema`, then `json_object`, then gives up, moving on at once when a backend
+refuses the request (HTTP 4xx, or an error naming the field: llama-cpp-python answers
+`json_schema` with a 500), and after `STRUCTURED_OUTPUT_PROBE_FAILURES` unusable answers
+or failed calls in a row otherwise. A way that has worked once is kept for good.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ class StructuredOutputProbe:
     def note(self, *, usable: bool, refused: bool, limit: int, backend: str) -> None:
         """Record how the backend answered a structured request made with `mode()`.
 
-        `refused`: it rejected the request (HTTP 4xx); that moves on at once, unless the
-        way was already confirmed. Other unusable answers move on after `limit` in a row.
+        `refused`: it rejected the request as not understood; that moves on at once,
+        unless the way was already confirmed. Other unusable answers and failed calls move
+        on after `limit` in a row.
         """
         if usable:
             self.confirmed = True

@@ -141,17 +141,46 @@ async def test_auto_moves_to_json_object_when_json_schema_is_ignored_and_keeps_i
     }
 
 
+# llama-cpp-python 0.3.36 answers `"type": "json_schema"` with this 500 (verbatim, less its
+# traceback line); an OpenAI-style server with a 400.
+LLAMA_CPP_PYTHON_REFUSAL = (
+    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+    "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', "
+    "'ctx': {'expected': \"'text' or 'json_object'\"}}"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "code"),
+    [
+        (400, "response_format is not supported", "llm_rejected"),
+        (500, LLAMA_CPP_PYTHON_REFUSAL, "llm_server_error"),
+    ],
+    ids=["http-400", "llama-cpp-python-500"],
+)
 async def test_a_backend_that_refuses_json_schema_is_asked_another_way_at_once(
-    manager: SessionManager, mock: MockLLM
+    manager: SessionManager, mock: MockLLM, status: int, message: str, code: str
 ) -> None:
-    mock.enqueue(MockReply(status=400, error_message="response_format is not supported"))
+    mock.enqueue(MockReply(status=status, error_message=message))
 
     first, data = await decide(await make(manager))
     _, again = await decide(await make(manager))
 
     assert first == Decision("speak", bot="Alice")
-    assert (data["rung"], data["errors"]) == ("tool_call", ["llm_rejected"])
+    assert (data["rung"], data["errors"]) == ("tool_call", [code])
     assert (again["rung"], again["structured_output"]) == ("structured_output", "json_object")
+
+
+async def test_a_passing_server_error_counts_as_one_unusable_answer(
+    manager: SessionManager, mock: MockLLM
+) -> None:
+    mock.enqueue(MockReply(status=503, error_message="model is loading"))
+
+    _, data = await decide(await make(manager))
+    _, again = await decide(await make(manager))
+
+    assert data["rung"] == "tool_call"
+    assert (again["rung"], again["structured_output"]) == ("structured_output", "json_schema")
 
 
 async def test_when_every_way_fails_auto_stops_asking_for_structured_output(

@@ -25,36 +25,59 @@ from engine.llm.types import ChatMessage, ChatRequest, ToolCall
 from engine.orchestrator import Menu, read_reply
 
 BASE_URL = "http://127.0.0.1:9/v1"
-ARGUMENTS = '{ "bot_name": "Bob"}'
-CALL_ID = "call__0_select_speaker_cmpl-5b1f0c"
+ARGUMENTS = '{"bot_name": "Alice"}'
+STREAM_ARGUMENTS = '{ "bot_name": "Alice"}'
+CALL_ID = "call__0_select_speaker_cmpl-09b6856e-5d7c-46f7-9bc2-9c4f3e52560a"
+STREAM_CALL_ID = "call__0_select_speaker_cmpl-0445af1e-7947-4066-be07-40f413ed3f96"
 
-# The whole reply quoted in issue 21: a correct tool call and a bogus legacy name.
-WHOLE_WITH_BOGUS_LEGACY_NAME: dict[str, Any] = {
-    "id": "chatcmpl-5b1f0c",
-    "object": "chat.completion",
-    "created": 1763900000,
-    "model": "/root/.cache/fellowship/real/model.gguf",
-    "choices": [
-        {
-            "finish_reason": "tool_calls",
-            "index": 0,
-            "logprobs": None,
-            "message": {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "id": CALL_ID,
-                        "type": "function",
-                        "function": {"name": "select_speaker", "arguments": ARGUMENTS},
-                    }
-                ],
-                "function_call": {"name": "end_session:", "arguments": ARGUMENTS},
-            },
-        }
-    ],
-    "usage": {"completion_tokens": 9, "prompt_tokens": 412, "total_tokens": 421},
-}
+# Recorded verbatim from llama-cpp-python 0.3.36 (`tool_choice: auto`), the shape quoted
+# in issue 21: a correct tool call and a legacy function_call with a bogus name.
+WHOLE_WITH_BOGUS_LEGACY_NAME: dict[str, Any] = json.loads(
+    '{"id":"chatcmpl-a56e4e4e-3661-47ba-bc3d-c249f8e0c21d","object":"chat.completion",'
+    '"created":1796015101,"model":"x","choices":[{"index":0,"message":{"content":null,'
+    '"tool_calls":[{"id":"call__0_select_speaker_cmpl-09b6856e-5d7c-46f7-9bc2-9c4f3e52560a",'
+    '"type":"function","function":{"name":"select_speaker","arguments":"{\\"bot_name\\": '
+    '\\"Alice\\"}"}}],"role":"assistant","function_call":{"name":"end_session:",'
+    '"arguments":"{\\"bot_name\\": \\"Alice\\"}"}},"logprobs":null,'
+    '"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":303,"completion_tokens":10,'
+    '"total_tokens":313}}'
+)
+
+# Recorded verbatim from the same server, streamed (`tool_choice` naming select_speaker):
+# every delta repeats the fragment in `function_call` and in `tool_calls`.
+STREAMED = [
+    '{"id": "chatcmpl-0445af1e-7947-4066-be07-40f413ed3f96", "object": '
+    '"chat.completion.chunk", "created": 1796015108, "model": "x", "choices": [{"index": 0, '
+    '"finish_reason": null, "logprobs": null, "delta": {"role": "assistant", "content": '
+    'null, "function_call": null, "tool_calls": null}}]}',
+    *(
+        '{"id": "chatcmpl-0445af1e-7947-4066-be07-40f413ed3f96", "object": '
+        '"chat.completion.chunk", "created": 1796015108, "model": "x", "choices": [{"index": '
+        '0, "finish_reason": null, "logprobs": null, "delta": {"role": null, "content": null, '
+        '"function_call": {"name": "select_speaker", "arguments": ' + piece + "}, "
+        '"tool_calls": [{"index": 0, "id": '
+        '"call__0_select_speaker_cmpl-0445af1e-7947-4066-be07-40f413ed3f96", "type": '
+        '"function", "function": {"name": "select_speaker", "arguments": ' + piece + "}}]}}]}"
+        for piece in (
+            '"{"',
+            '" \\""',
+            '"bot"',
+            '"_"',
+            '"name"',
+            '"\\":"',
+            '" "',
+            '"\\""',
+            '"Alice"',
+            '"\\""',
+            '"}"',
+            '""',
+        )
+    ),
+    '{"id": "chatcmpl-0445af1e-7947-4066-be07-40f413ed3f96", "object": '
+    '"chat.completion.chunk", "created": 1796015108, "model": "x", "choices": [{"index": 0, '
+    '"finish_reason": "tool_calls", "logprobs": null, "delta": {"role": null, "content": '
+    'null, "function_call": null, "tool_calls": null}}]}',
+]
 
 
 def whole_with_legacy_name(name: str) -> dict[str, Any]:
@@ -72,40 +95,8 @@ def legacy_only() -> dict[str, Any]:
     return body
 
 
-def streamed_chunks(fragments: list[str]) -> list[dict[str, Any]]:
-    """llama-cpp-python's streamed tool call: each delta repeats it in both fields."""
-    head = {"id": "chatcmpl-5b1f0c", "object": "chat.completion.chunk", "created": 1763900000}
-    head["model"] = "/root/.cache/fellowship/real/model.gguf"
-    chunks = [
-        {
-            **head,
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": None,
-                    "logprobs": None,
-                    "delta": {
-                        "role": "assistant",
-                        "content": None,
-                        "function_call": None,
-                        "tool_calls": None,
-                    },
-                }
-            ],
-        }
-    ]
-    for piece in fragments:
-        call = {"name": "select_speaker", "arguments": piece}
-        delta = {
-            "role": None,
-            "content": None,
-            "function_call": call,
-            "tool_calls": [{"index": 0, "id": CALL_ID, "type": "function", "function": call}],
-        }
-        chunks.append({**head, "choices": [{"index": 0, "finish_reason": None, "delta": delta}]})
-    end = {"role": None, "content": None, "function_call": None, "tool_calls": None}
-    chunks.append({**head, "choices": [{"index": 0, "finish_reason": "tool_calls", "delta": end}]})
-    return chunks
+def streamed_chunks() -> list[dict[str, Any]]:
+    return [json.loads(chunk) for chunk in STREAMED]
 
 
 def sse(chunks: list[dict[str, Any]]) -> bytes:
@@ -137,7 +128,7 @@ async def ask(client: LLMClient, *, stream: bool = False) -> list[ToolCall]:
 
 
 MENU = Menu(roster=["Alice", "Bob", "Carol"], hold=False, end=True)
-SELECT_BOB = [ToolCall(id=CALL_ID, name="select_speaker", arguments=ARGUMENTS)]
+SELECT_ALICE = [ToolCall(id=CALL_ID, name="select_speaker", arguments=ARGUMENTS)]
 
 
 @pytest.mark.parametrize("legacy_name", ["end_session:", "", "select_speaker"])
@@ -148,10 +139,10 @@ async def test_a_whole_reply_is_read_from_tool_calls_alone(
 
     calls = await ask(client)
 
-    assert calls == SELECT_BOB
+    assert calls == SELECT_ALICE
     reading = read_reply("", calls, MENU)
     assert reading is not None
-    assert (reading.bot, reading.rung) == ("Bob", "tool_call")
+    assert (reading.bot, reading.rung) == ("Alice", "tool_call")
 
 
 async def test_the_issue_answer_decides_at_the_tool_call_rung(
@@ -164,7 +155,7 @@ async def test_the_issue_answer_decides_at_the_tool_call_rung(
     assert reading is not None
     assert (reading.action, reading.bot, reading.tool, reading.rung) == (
         "speak",
-        "Bob",
+        "Alice",
         "select_speaker",
         "tool_call",
     )
@@ -183,33 +174,29 @@ async def test_a_legacy_function_call_alone_is_still_read(
 async def test_a_streamed_call_repeated_in_function_call_is_read_once(
     client: LLMClient, answers: list[httpx.Response]
 ) -> None:
-    fragments = ['{ "bot', '_name": ', '"Bob"}']
     answers.append(
         httpx.Response(
-            200,
-            content=sse(streamed_chunks(fragments)),
-            headers={"content-type": "text/event-stream"},
+            200, content=sse(streamed_chunks()), headers={"content-type": "text/event-stream"}
         )
     )
 
     calls = await ask(client, stream=True)
 
-    assert calls == [ToolCall(id=CALL_ID, name="select_speaker", arguments='{ "bot_name": "Bob"}')]
+    assert calls == [ToolCall(id=STREAM_CALL_ID, name="select_speaker", arguments=STREAM_ARGUMENTS)]
+    reading = read_reply("", calls, MENU)
+    assert reading is not None and (reading.bot, reading.rung) == ("Alice", "tool_call")
 
 
 async def test_a_streamed_legacy_function_call_alone_is_still_read(
     client: LLMClient, answers: list[httpx.Response]
 ) -> None:
-    chunks = streamed_chunks(['{ "bot_name"', ': "Bob"}'])
+    chunks = streamed_chunks()
     for chunk in chunks:
-        delta = chunk["choices"][0]["delta"]
-        delta["tool_calls"] = None
-        if delta["function_call"] is not None and chunk is not chunks[1]:
-            delta["function_call"]["name"] = None  # later fragments carry no name
+        chunk["choices"][0]["delta"]["tool_calls"] = None
     answers.append(
         httpx.Response(200, content=sse(chunks), headers={"content-type": "text/event-stream"})
     )
 
     calls = await ask(client, stream=True)
 
-    assert calls == [ToolCall(id="", name="select_speaker", arguments=ARGUMENTS)]
+    assert calls == [ToolCall(id="", name="select_speaker", arguments=STREAM_ARGUMENTS)]
