@@ -174,7 +174,7 @@ class Settings(BaseSettings):
         1, ge=0, description="Times a bot is asked again when its reply repeats a recent message."
     )
     duplicate_reply_nudge: str = Field(
-        "(Say something new as {name}: do not repeat what was already said.)",
+        "(Say something new, as {name}, without repeating what was already said.)",
         description="Added to the prompt of such a retry; {name} is the bot's name.",
     )
     duplicate_retry_frequency_penalty: float = Field(
