@@ -189,6 +189,13 @@ class Settings(BaseSettings):
         le=2,
         description="presence_penalty sent with such a retry (a bot's own higher value wins).",
     )
+    duplicate_retry_temperature: float = Field(
+        1.0,
+        ge=0,
+        le=2,
+        description="Lowest temperature of such a retry (a bot's own higher one wins); a "
+        "seeded request also gets the next seed, so the retry is not the same draw.",
+    )
     template_check_ratio: float = Field(
         0.25,
         gt=0,

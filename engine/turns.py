@@ -99,7 +99,8 @@ async def run_turn(session: Session, slot: Slot, watch: TemplateWatch | None = N
     `EMPTY_REPLY_NUDGE` added to the prompt so that the retry is not the same request.
     A reply that repeats one of the last `DUPLICATE_WINDOW` messages is asked for again
     the same way (`DUPLICATE_REPLY_RETRIES`, `DUPLICATE_REPLY_NUDGE`), with repetition
-    penalties raised; the retry's reply is kept even if it repeats again. `watch`, when
+    penalties and the temperature raised (see `discouraged`); the retry's reply is kept
+    even if it repeats again. `watch`, when
     given, sees every call and reply (see `engine.template_watch`).
     """
     settings = session.deps.settings
@@ -125,17 +126,21 @@ async def run_turn(session: Session, slot: Slot, watch: TemplateWatch | None = N
 
 
 def discouraged(request: ChatRequest, session: Session) -> ChatRequest:
-    """`request` with repetition penalties raised to the duplicate-retry settings.
+    """`request` made less likely to say the same again: repetition penalties and the
+    temperature raised to the duplicate-retry settings, and the next seed if seeded.
 
-    A penalty the bot already sets higher is kept.
+    A value the bot already sets higher is kept.
     """
     settings = session.deps.settings
     frequency = settings.duplicate_retry_frequency_penalty
     presence = settings.duplicate_retry_presence_penalty
+    temperature = settings.duplicate_retry_temperature
     return request.model_copy(
         update={
             "frequency_penalty": max(frequency, request.frequency_penalty or frequency),
             "presence_penalty": max(presence, request.presence_penalty or presence),
+            "temperature": max(temperature, request.temperature or temperature),
+            "seed": request.seed + 1 if request.seed is not None else None,
         }
     )
 
