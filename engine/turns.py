@@ -278,7 +278,8 @@ def _debug_hygiene(
         turn=slot.turn,
         rules=rules,
         finish_reason=completion.finish_reason,
-        recited=cleaned.recited,
+        # How many lines, not the lines: they may quote another bot's system prompt.
+        recited=len(cleaned.recited),
         repeated_sentences=cleaned.repeated_sentences,
         trimmed=cleaned.trimmed or None,
         repeats=repeated.turn if repeated is not None else None,

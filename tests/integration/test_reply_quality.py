@@ -185,7 +185,10 @@ async def test_a_recital_of_a_system_prompt_is_dropped(
     watcher = await run(manager, max_turns=1)
 
     assert [e.content for e in watcher.of_type("bot_message")] == ["Tea, then."]
-    assert hygiene(watcher)[0]["recited"] == ["You are Bob, be brief."]
+    # Counted, never quoted: a recital may be another bot's system prompt.
+    [data] = hygiene(watcher)
+    assert (data["rules"], data["recited"]) == (["recital"], 1)
+    assert "be brief" not in str(data)
 
 
 # --- template trouble ---------------------------------------------------------------------------

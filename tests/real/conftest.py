@@ -755,7 +755,7 @@ def describe(finished: Finished, backend: RealBackend, test: str, **extra: Any) 
         lost_turns=[e.turn for e in finished.of_type("turn_end") if e.status == "failed"],
         replies=len(finished.of_type("bot_message")),
         exact_duplicates=exact_duplicates(finished),
-        echoes=sum(len(d["recited"]) for d in cleaned),
+        echoes=sum(d["recited"] for d in cleaned),
         cuts=sum(bool({"speaker_cut", "sentence_end"} & set(d["rules"])) for d in cleaned),
         retries=sum(c.retry for c in finished.calls),
         errors=[(e.code, e.message) for e in finished.of_type("error")],
