@@ -100,8 +100,8 @@ async def run_turn(session: Session, slot: Slot, watch: TemplateWatch | None = N
     A reply that repeats one of the last `DUPLICATE_WINDOW` messages is asked for again
     the same way (`DUPLICATE_REPLY_RETRIES`, `DUPLICATE_REPLY_NUDGE`), with repetition
     penalties and the temperature raised (see `discouraged`); the retry's reply is kept
-    even if it repeats again. `watch`, when
-    given, sees every call and reply (see `engine.template_watch`).
+    even if it repeats again. `watch`, when given, sees every call and reply (see
+    `engine.template_watch`).
     """
     settings = session.deps.settings
     request = bot_prompt(session, slot.bot, slot.context_upto)
