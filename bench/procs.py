@@ -244,6 +244,9 @@ def server_env(
         "SPECS_DIR": str(REPO / "specs"),
         "LLM_BASE_URL": llm_base_url,
         "RATE_LIMIT_PER_MINUTE": "0",
+        # The mock's reply echoes the last message, so a session repeats itself exactly
+        # after two rounds: the duplicate guard's retries would measure the mock's echo.
+        "DUPLICATE_WINDOW": "0",
     }
     env.update({key.upper(): str(value) for key, value in settings.items()})
     return env

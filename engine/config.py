@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engine.structured import StructuredSetting
+
 CommaList = Annotated[list[str], NoDecode]
 SecretList = Annotated[list[SecretStr], NoDecode]
 
@@ -91,6 +93,19 @@ class Settings(BaseSettings):
     llm_error_detail_chars: int = Field(
         300, ge=0, description="Longest excerpt of a backend's own error message kept in errors."
     )
+    llm_structured_output: StructuredSetting = Field(
+        "auto",
+        description="How the orchestrator asks the default backend for a JSON answer first: "
+        "json_schema (OpenAI, vLLM, llama-server, Ollama 0.5+), json_object with a schema "
+        "(llama-cpp-python), format (Ollama's own field), off, or auto (try json_schema, "
+        "then json_object, then off, per backend).",
+    )
+    structured_output_probe_failures: int = Field(
+        2,
+        ge=1,
+        description="Unusable structured answers in a row after which auto tries the next way "
+        "on that backend (a refused request moves on at once).",
+    )
 
     # --- sessions ----------
     max_bots_per_session: int = Field(16, ge=1, description="Most bots one session may have.")
@@ -120,6 +135,11 @@ class Settings(BaseSettings):
         "auto",
         description="tool_choice sent with orchestrator calls (some servers fail 'required').",
     )
+    orchestrator_structured_max_tokens: int = Field(
+        96,
+        ge=8,
+        description="max_tokens of the orchestrator's structured-output call (a JSON decision).",
+    )
     opening_line: str = Field(
         "Let's begin.",
         description="User line put first when a bot's context is empty or starts with itself.",
@@ -136,6 +156,73 @@ class Settings(BaseSettings):
     empty_reply_nudge: str = Field(
         "(Answer as {name} only, in your own words, without a name in front.)",
         description="Added to the prompt of such a retry; {name} is the bot's name.",
+    )
+    recital_similarity: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="How close (0 to 1, word sequences) a reply's leading line must be to a "
+        "sentence of a system prompt to be dropped as a recital.",
+    )
+    recital_min_words: int = Field(
+        3, ge=1, description="Shortest leading line, in words, that can count as a recital."
+    )
+    duplicate_window: int = Field(
+        6, ge=0, description="Recent messages a reply is compared with (0: no duplicate check)."
+    )
+    duplicate_similarity: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Similarity (0 to 1) from which a reply counts as repeating a recent message.",
+    )
+    duplicate_reply_retries: int = Field(
+        1, ge=0, description="Times a bot is asked again when its reply repeats a recent message."
+    )
+    duplicate_reply_nudge: str = Field(
+        "(Say something new, as {name}, without repeating what was already said.)",
+        description="Added to the prompt of such a retry; {name} is the bot's name.",
+    )
+    duplicate_retry_frequency_penalty: float = Field(
+        0.8,
+        ge=-2,
+        le=2,
+        description="frequency_penalty sent with such a retry (a bot's own higher value wins).",
+    )
+    duplicate_retry_presence_penalty: float = Field(
+        0.6,
+        ge=-2,
+        le=2,
+        description="presence_penalty sent with such a retry (a bot's own higher value wins).",
+    )
+    duplicate_retry_temperature: float = Field(
+        1.0,
+        ge=0,
+        le=2,
+        description="Lowest temperature of such a retry (a bot's own higher one wins); a "
+        "seeded request also gets the next seed, so the retry is not the same draw.",
+    )
+    template_check_ratio: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="A backend prompt_tokens below this share of Fellowship's own estimate "
+        "is a sign that the server's chat template is broken.",
+    )
+    template_check_min_prompt_tokens: int = Field(
+        64, ge=1, description="Smallest estimated prompt whose backend count is checked."
+    )
+    template_check_calls: int = Field(
+        2,
+        ge=1,
+        description="Bot calls in a row with such a short prompt count before "
+        "backend_template_mismatch is reported.",
+    )
+    template_check_empty_replies: int = Field(
+        4,
+        ge=1,
+        description="Replies empty after cleaning in a row (retries included) before "
+        "backend_template_mismatch is reported.",
     )
     max_stop_sequences: int = Field(
         4, ge=0, description="Most stop sequences sent per call (OpenAI accepts at most 4)."

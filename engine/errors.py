@@ -68,3 +68,10 @@ class EmptyReply(FellowshipError):
     """A bot's reply was empty once cleaned (the turn becomes a tombstone)."""
 
     code = "empty_reply"
+
+
+class BackendTemplateMismatch(FellowshipError):
+    """The backend's chat template seems not to fit: prompts counted far too short, or
+    replies empty again and again (reported once per session as an `error` event)."""
+
+    code = "backend_template_mismatch"

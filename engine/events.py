@@ -26,7 +26,13 @@ EndReason = Literal[
 ]
 MemberRole = Literal["talker", "observer"]
 DebugCategory = Literal[
-    "llm_call", "orchestrator", "loop", "context_tokens", "rectification", "summarization"
+    "llm_call",
+    "orchestrator",
+    "loop",
+    "context_tokens",
+    "rectification",
+    "summarization",
+    "hygiene",
 ]
 
 

@@ -2,9 +2,23 @@
 
 Models in a multi-character chat slip in predictable ways: they prefix their reply
 with their own name (`Alice: ...`), carry on and write the next speaker's turn
-(`...\\nBob: ...`), leak reasoning (`<think>...</think>`) or chat-template tokens
-(`<|im_end|>`). `clean_reply` repairs a whole reply; `StreamCleaner` does the same on
-the fly for `token` events. The rules are listed in docs/prompts-and-context.md.
+(`...\nBob: ...`, or an invented `Dave: ...`), leak reasoning (`<think>...</think>`),
+chat-template tokens (`<|im_end|>`) and the role words that follow them
+(`<start_of_turn>model`), recite a system prompt, or repeat a sentence over and over.
+
+Two layers:
+
+- **Line rules**, applied the same way to a whole reply and to a stream (so `token`
+  events never show what the stored message will not hold): reasoning and template
+  tokens, role-word lines at the start, the own-name prefix, and the cut where
+  someone else's turn begins. `StreamCleaner` applies them on the fly.
+- **Whole-reply rules**, which need the complete text: a leading line that recites a
+  system prompt is dropped, a sentence repeated inside the reply is kept once, and a
+  reply cut short by `max_tokens` ends at its last whole sentence. `clean_reply`
+  applies both layers; its `live` field is what the stream showed.
+
+`find_repeat` tells whether a reply repeats a recent message. The rules are listed in
+docs/prompts-and-context.md.
 """
 
 from __future__ import annotations
@@ -12,27 +26,33 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from functools import lru_cache
+from typing import Final, Literal
 
 from pydantic import BaseModel, Field
 
+from engine.history import Message
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+
+# Template tokens that open a turn: they become a line break, so that the role word a
+# template writes after them (`<|im_start|>user`) stands on a line of its own.
+TURN_OPENERS = ("<|im_start|>", "<start_of_turn>", "<|start_header_id|>")
 
 # Template tokens that leak as text when a backend's chat template or stop tokens are
 # misconfigured. They are never part of what a bot meant to say.
 TEMPLATE_ARTEFACTS = (
     "<|im_end|>",
-    "<|im_start|>",
+    *TURN_OPENERS,
     "<|eot_id|>",
-    "<|start_header_id|>",
     "<|end_header_id|>",
     "<|end_of_text|>",
     "<|endoftext|>",
     "<|end|>",
     "</s>",
     "<end_of_turn>",
-    "<start_of_turn>",
     # Llama 2 / Mistral markup is plain text to their tokenizers, so no server strips it
     # when a model echoes it back (seen with small models behind `--chat-template llama2`).
     "[INST]",
@@ -41,12 +61,52 @@ TEMPLATE_ARTEFACTS = (
     "<</SYS>>",
 )
 
+# Role words chat templates put after a turn opener. At the start of a reply a line
+# holding only one of them is the template's header for this very reply and is dropped;
+# later it starts another turn and the reply is cut there. As a `Role:` prefix, the
+# model's own roles are stripped like the bot's own name; the others are someone else.
+ROLE_WORDS: Final = ("assistant", "model", "user", "system", "human")
+SELF_ROLES: Final = ("assistant", "model")
+OTHER_ROLES: Final = ("user", "system", "human")
+
+# Capitalised words that often stand before a colon at a line start without naming a
+# speaker; a `Name:` prefix made of one of them never cuts a reply (compared ignoring
+# case, the whole name).
+NOT_SPEAKERS: Final = frozenset((
+    "a", "q", "note", "notes", "example", "examples", "answer", "question", "step", "tip",
+    "tips", "summary", "update", "edit", "warning", "caution", "reason", "reasons",
+    "option", "options", "pros", "cons", "ps", "p.s.", "important", "conclusion", "result",
+    "results", "source", "sources", "hint", "fact", "idea", "problem", "solution",
+    "response", "title", "topic", "goal", "plan", "task", "quote", "remember", "disclaimer",
+    "bonus", "reminder", "recipe", "ingredients", "instructions", "definition", "context",
+    "yes", "no", "sure", "well", "okay", "ok", "so", "also", "and", "but", "or", "first",
+    "second", "third", "finally", "next", "then", "now", "today", "tomorrow", "yesterday",
+    "breaking", "verdict", "translation", "meaning", "correction", "fun fact",
+    "bottom line", "my take", "key point",
+))  # fmt: skip
+
 _TAGS = (THINK_OPEN, THINK_CLOSE, *TEMPLATE_ARTEFACTS)
 # Characters a name prefix may carry around the name itself (spaces, markdown emphasis);
 # ignored when deciding whether a line could still turn into a prefix.
 _PREFIX_NOISE = re.compile(r"[\s*_]")
 # Distinct (own, others) name sets compiled at once; the bound only stops growth.
 _SPEAKER_CACHE_SIZE = 256
+_RECITAL_CACHE_SIZE = 64
+# A speaker's name, when nobody listed it: one to three words, each starting with a
+# capital letter (checked in code, so that any alphabet works), at most this long.
+_NAME_WORD = r"[^\W\d_][\w'\u2019.\-]*"
+_ANY_NAME = rf"{_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}}"
+_MAX_NAME_WORDS = 3
+_MAX_NAME_CHARS = 64
+_NAME_CHARS = re.compile(r"[\w'\u2019.\-*_ \t]*")
+_EMPHASIS = "*_"
+# Where sentences end: punctuation, then closing quotes or brackets, then a blank.
+_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]*_]*(?=\s|$)")
+_SENTENCE_BREAK = re.compile(r"((?<=[.!?\u2026\"'\u201d\u2019)\]*_])[ \t]+|[ \t]*\n\s*)")
+_WORD = re.compile(r"\w+")
+
+Verdict = Literal["undecided", "keep", "cut", "strip", "drop"]
+Prefix = Literal["yes", "no", "maybe"]
 
 
 class CleanReply(BaseModel):
@@ -56,23 +116,100 @@ class CleanReply(BaseModel):
     reasoning: str = Field("", description="Reasoning text collected, for debug events only.")
     cut: bool = Field(False, description="Cut where the model began to speak as someone else.")
     stripped_prefix: bool = Field(False, description="A leading own-name prefix was removed.")
+    live: str = Field(
+        "", description="The content after the line rules only: what a stream showed."
+    )
+    role_lines: int = Field(0, description="Role-word lines dropped from the start.")
+    recited: list[str] = Field(
+        default_factory=list, description="Leading lines dropped as recitals of a system prompt."
+    )
+    repeated_sentences: int = Field(0, description="Repeats of a sentence removed.")
+    trimmed: str = Field(
+        "", description="Text after the last whole sentence, removed from a cut-short reply."
+    )
+
+    @property
+    def rules(self) -> list[str]:
+        """Names of the rules that changed the reply (for debug events)."""
+        found = [
+            ("role_lines", self.role_lines > 0),
+            ("own_prefix", self.stripped_prefix),
+            ("speaker_cut", self.cut),
+            ("recital", bool(self.recited)),
+            ("repeated_sentence", self.repeated_sentences > 0),
+            ("sentence_end", bool(self.trimmed)),
+        ]
+        return [name for name, applied in found if applied]
+
+
+@dataclass(frozen=True)
+class Recitals:
+    """The sentences of every system prompt a reply must not recite, ready to compare."""
+
+    sentences: tuple[tuple[str, ...], ...]
+    similarity: float
+    min_words: int
+
+    def recites(self, line: str) -> bool:
+        """Whether `line` is a recital: every sentence of it nearly one of the prompts'.
+
+        A sentence counts when at least `similarity` of its words appear, in order, in
+        one prompt sentence; the line needs `min_words` words in all.
+        """
+        if len(_words(line)) < self.min_words:
+            return False
+        pieces = [_words(piece) for piece in _SENTENCE_BREAK.split(line)]
+        sentences = [piece for piece in pieces if piece]
+        return bool(sentences) and all(self._matches(words) for words in sentences)
+
+    def _matches(self, words: list[str]) -> bool:
+        for known in self.sentences:
+            matcher = SequenceMatcher(None, words, known, autojunk=False)
+            shared = sum(block.size for block in matcher.get_matching_blocks())
+            if shared >= self.similarity * len(words):
+                return True
+        return False
+
+
+@lru_cache(maxsize=_RECITAL_CACHE_SIZE)
+def recitals_of(texts: tuple[str, ...], *, similarity: float, min_words: int) -> Recitals:
+    """`Recitals` for the given prompt texts (split into sentences once, then cached)."""
+    sentences: list[tuple[str, ...]] = []
+    for text in texts:
+        for piece in _SENTENCE_BREAK.split(text):
+            words = tuple(_words(piece))
+            if words and words not in sentences:
+                sentences.append(words)
+    return Recitals(tuple(sentences), similarity, min_words)
 
 
 def clean_reply(
-    text: str, *, own_name: str, other_names: Sequence[str], reasoning: str = ""
+    text: str,
+    *,
+    own_name: str,
+    other_names: Sequence[str],
+    reasoning: str = "",
+    recitals: Recitals | None = None,
+    cut_short: bool = False,
 ) -> CleanReply:
     """Clean one complete reply written by bot `own_name`.
 
-    In order: `<think>` blocks are moved to `reasoning` (an unclosed `<think>` runs to
-    the end; a `</think>` with no opening makes everything before it reasoning);
-    template artefacts are removed; leading `OwnName:` prefixes (any case, optional
-    markdown emphasis) are stripped, repeatedly; the reply is cut before the first line
-    that starts with another participant's `Name:` prefix — when that is the very first
-    line, the model is impersonating from the start and the content is empty; finally
-    whitespace is trimmed. `reasoning` (the backend's `reasoning_content`) is kept in
+    Line rules, in order: `<think>` blocks are moved to `reasoning` (an unclosed
+    `<think>` runs to the end; a `</think>` with no opening makes everything before it
+    reasoning); template artefacts are removed (turn openers become a line break); at
+    the start, lines holding only a role word and `OwnName:` / `Assistant:` prefixes
+    (any case, optional markdown emphasis) are stripped, repeatedly; the reply is cut
+    before the first line that starts with someone else's `Name:` prefix (another
+    participant, a role such as `User:`, or any capitalised name nobody listed) or that
+    holds only a role word — when that is the first line, the content is empty.
+
+    Whole-reply rules, when asked for: leading lines that recite one of `recitals` are
+    dropped (and the line rules applied again to what follows); a sentence that comes
+    again in the same reply is kept once; with `cut_short` (the backend stopped at
+    `max_tokens`) and no cut, the reply ends at its last whole sentence, if it has one.
+    Whitespace is trimmed. `reasoning` (the backend's `reasoning_content`) is kept in
     front of the collected think text.
     """
-    speakers = _speakers(own_name, tuple(other_names))
     scanner = _TagScanner()
     visible = scanner.feed(text) + scanner.finish()
     thoughts = [reasoning]
@@ -81,84 +218,179 @@ def clean_reply(
         visible = visible[scanner.last_stray_close :]
     thoughts.extend(scanner.think_blocks)
 
-    content = visible.lstrip()
-    stripped = False
-    while speakers.own is not None and (match := speakers.own.match(content)):
-        content = content[match.end() :].lstrip()
-        stripped = True
-
-    cut = False
-    if speakers.others_line is not None and (match := speakers.others_line.search(content)):
-        content = content[: match.start()]
-        cut = True
+    lines = _LineRules(own_name, other_names)
+    live = lines.release(visible, final=True)
+    content, recited, role_lines, stripped = live, [], lines.role_lines, lines.stripped
+    cut = lines.cut
+    while recitals is not None and content:
+        first, newline, rest = content.partition("\n")
+        if not recitals.recites(first):
+            break
+        recited.append(first.strip())
+        again = _LineRules(own_name, other_names)
+        content = again.release(rest, final=True) if newline else ""
+        role_lines += again.role_lines
+        stripped = stripped or again.stripped
+        cut = cut or again.cut
+    content, repeats = collapse_repeats(content)
+    trimmed = ""
+    if cut_short and not cut:
+        content, trimmed = end_at_sentence(content)
 
     return CleanReply(
         content=content.strip(),
         reasoning="\n\n".join(part.strip() for part in thoughts if part.strip()),
         cut=cut,
         stripped_prefix=stripped,
+        live=live,
+        role_lines=role_lines,
+        recited=recited,
+        repeated_sentences=repeats,
+        trimmed=trimmed,
     )
 
 
+def collapse_repeats(text: str) -> tuple[str, int]:
+    """`text` with every sentence that already came earlier in it removed; how many were.
+
+    Sentences are compared by their words, ignoring case and punctuation; the first
+    occurrence stays, with the text around it.
+    """
+    parts = _SENTENCE_BREAK.split(text)
+    seen: set[tuple[str, ...]] = set()
+    kept: list[str] = []
+    removed = 0
+    # parts alternate: sentence, separator, sentence, ...
+    for index in range(0, len(parts), 2):
+        sentence = parts[index]
+        key = tuple(_words(sentence))
+        if key and key in seen:
+            removed += 1
+            continue
+        if key:
+            seen.add(key)
+        if kept and index > 0:
+            kept.append(parts[index - 1])
+        kept.append(sentence)
+    if not removed:
+        return text, 0
+    return "".join(kept), removed
+
+
+def end_at_sentence(text: str) -> tuple[str, str]:
+    """`text` up to its last whole sentence, and what was cut off after it.
+
+    Unchanged (nothing cut) when the text ends a sentence already or has no sentence
+    end at all.
+    """
+    stripped = text.rstrip()
+    ends = [match.end() for match in _SENTENCE_END.finditer(stripped)]
+    if not ends or ends[-1] >= len(stripped):
+        return text, ""
+    return stripped[: ends[-1]], stripped[ends[-1] :].strip()
+
+
+def find_repeat(content: str, recent: Sequence[Message], similarity: float) -> Message | None:
+    """The latest of `recent` that `content` repeats or nearly repeats, or None.
+
+    Compared by words, ignoring case and punctuation; `similarity` (0 to 1) is the
+    share of matching words (difflib's ratio) from which two texts count as the same.
+    """
+    words = _words(content)
+    if not words:
+        return None
+    for message in reversed(recent):
+        other = _words(message.content)
+        if not other:
+            continue
+        if words == other:
+            return message
+        if SequenceMatcher(None, words, other, autojunk=False).ratio() >= similarity:
+            return message
+    return None
+
+
 class StreamCleaner:
-    """Streaming counterpart of `clean_reply`, for `token` events.
+    """Streaming counterpart of the line rules of `clean_reply`, for `token` events.
 
     Feed the deltas in order; each call returns the text that is now safe to show.
-    Text that might still turn out to be a name prefix, a tag or trailing whitespace is
-    held back until the next delta decides it. The concatenation of every `feed` and the
-    final `finish` equals `clean_reply(full).content`, with one exception: a stray
-    `</think>` (no opening tag) cannot take back text already shown.
+    Text that might still turn out to be a name prefix, a role word, a tag or trailing
+    whitespace is held back until the next delta decides it. The concatenation of every
+    `feed` and the final `finish` equals `clean_reply(full).live`, with one exception: a
+    stray `</think>` (no opening tag) cannot take back text already shown. The
+    whole-reply rules may change the stored content further (the turn engine then
+    tells members to replace what they were shown).
     """
 
     def __init__(self, own_name: str, other_names: Sequence[str]) -> None:
-        self._speakers = _speakers(own_name, tuple(other_names))
         self._tags = _TagScanner()
-        self._pending = ""  # visible text not yet decided
-        self._space = ""  # whitespace shown only once non-space text follows it
-        self._leading = True  # still at the reply's start, where own prefixes are stripped
-        self._line_start = False  # `_pending` begins a line (a later line may be a cut)
-        self._cut = False
+        self._lines = _LineRules(own_name, other_names)
         self._finished = False
 
     @property
     def cut(self) -> bool:
         """Whether the reply was cut where the model began to speak as someone else."""
-        return self._cut
+        return self._lines.cut
 
     def feed(self, delta: str) -> str:
         """Take the next piece of the reply; return the text now safe to show."""
-        if self._cut or self._finished:
+        if self._lines.cut or self._finished:
             return ""
-        return self._release(self._tags.feed(delta), final=False)
+        return self._lines.release(self._tags.feed(delta), final=False)
 
     def finish(self) -> str:
         """Signal the end of the reply; return whatever held-back text is content."""
-        if self._cut or self._finished:
+        if self._lines.cut or self._finished:
             return ""
         self._finished = True
-        return self._release(self._tags.finish(), final=True)
+        return self._lines.release(self._tags.finish(), final=True)
 
-    def _release(self, visible: str, *, final: bool) -> str:
+
+class _LineRules:
+    """The line rules over visible text (tags already removed), whole or in pieces."""
+
+    def __init__(self, own_name: str, other_names: Sequence[str]) -> None:
+        self._speakers = _speakers(own_name, tuple(other_names))
+        self._pending = ""  # visible text not yet decided
+        self._space = ""  # whitespace shown only once non-space text follows it
+        self._leading = True  # still at the reply's start, where own prefixes are stripped
+        self._line_start = False  # `_pending` begins a line (a later line may be a cut)
+        self.cut = False
+        self.stripped = False
+        self.role_lines = 0
+
+    def release(self, visible: str, *, final: bool) -> str:
+        """Add `visible`; return the text now decided to be content."""
+        if self.cut:
+            return ""
         self._pending += visible
         shown: list[str] = []
-        speakers = self._speakers
-        while self._pending and not self._cut:
+        while self._pending and not self.cut:
             if self._leading:
                 self._pending = self._pending.lstrip()
-                if not self._pending or not _decided(self._pending, speakers.all_keys, final=final):
+                if not self._pending:
                     break
-                if speakers.own is not None and (match := speakers.own.match(self._pending)):
-                    self._pending = self._pending[match.end() :]
+                verdict, length = self._judge(final=final, leading=True)
+                if verdict == "undecided":
+                    break
+                if verdict == "strip":
+                    self._pending = self._pending[length:]
+                    self.stripped = True
                     continue
-                if speakers.others_start is not None and speakers.others_start.match(self._pending):
+                if verdict == "drop":
+                    self._pending = self._pending[length:]
+                    self.role_lines += 1
+                    continue
+                if verdict == "cut":
                     self._stop()
                     break
                 self._leading = False
                 continue
             if self._line_start:
-                if not _decided(self._pending, speakers.other_keys, final=final):
+                verdict, _ = self._judge(final=final, leading=False)
+                if verdict == "undecided":
                     break
-                if speakers.others_start is not None and speakers.others_start.match(self._pending):
+                if verdict == "cut":
                     self._stop()
                     break
                 self._line_start = False
@@ -171,6 +403,37 @@ class StreamCleaner:
             shown.append(self._hold_space(chunk))
         return "".join(shown)
 
+    def _judge(self, *, final: bool, leading: bool) -> tuple[Verdict, int]:
+        """What the line at the start of `_pending` is, and how much of it a verdict takes.
+
+        Only decides once more text could not change the answer, so that any chunking
+        of a stream gives the same result as the whole reply.
+        """
+        speakers, text = self._speakers, self._pending
+        line, newline, _ = text.partition("\n")
+        complete = final or bool(newline)
+        keys = speakers.start_keys if leading else speakers.line_keys
+        if not _decided(text, keys, final=final):
+            return "undecided", 0
+        if leading:
+            if speakers.own is not None and (match := speakers.own.match(text)):
+                return "strip", match.end()
+            if speakers.others_start is not None and speakers.others_start.match(text):
+                return "cut", 0
+        elif speakers.others_line.match(text):
+            return "cut", 0
+        role = _role_line(line, complete=complete)
+        if role == "maybe":
+            return "undecided", 0
+        if role == "yes":
+            return ("drop", len(line) + len(newline)) if leading else ("cut", 0)
+        prefix = _any_speaker_prefix(line, complete=complete, own=speakers.own_folded)
+        if prefix == "maybe":
+            return "undecided", 0
+        if prefix == "yes":
+            return "cut", 0
+        return "keep", 0
+
     def _hold_space(self, chunk: str) -> str:
         text = self._space + chunk
         body = text.rstrip()
@@ -178,7 +441,7 @@ class StreamCleaner:
         return body
 
     def _stop(self) -> None:
-        self._cut = True
+        self.cut = True
         self._pending = ""
         self._space = ""
 
@@ -187,11 +450,12 @@ class StreamCleaner:
 class _Speakers:
     """Compiled name-prefix patterns for one bot and the others in its conversation."""
 
-    own: re.Pattern[str] | None  # `OwnName:` at the start of the text
-    others_start: re.Pattern[str] | None  # `OtherName:` at the start of the text
-    others_line: re.Pattern[str] | None  # `OtherName:` at the start of any line
-    all_keys: tuple[str, ...]  # squashed `name:` of everyone, for `_decided`
-    other_keys: tuple[str, ...]  # squashed `name:` of the others
+    own: re.Pattern[str] | None  # `OwnName:` or `Assistant:` at the start of the text
+    others_start: re.Pattern[str] | None  # `OtherName:` or `User:` at the start
+    others_line: re.Pattern[str]  # `OtherName:` or any role at the start of a later line
+    start_keys: tuple[str, ...]  # squashed `name:` of everyone, for `_decided`
+    line_keys: tuple[str, ...]  # squashed `name:` of the others and the roles
+    own_folded: str  # the bot's own name, case-folded
 
 
 @lru_cache(maxsize=_SPEAKER_CACHE_SIZE)
@@ -203,16 +467,21 @@ def _speakers(own_name: str, other_names: tuple[str, ...]) -> _Speakers:
         {name for name in stripped if name and name.casefold() != own.casefold()},
         key=lambda name: (-len(name), name),
     )
-    own_keys = (_squash(own) + ":",) if own else ()
-    other_keys = tuple(_squash(name) + ":" for name in others)
-    other_body = _prefix_body(others) if others else None
+    own_start = [own, *SELF_ROLES] if own else list(SELF_ROLES)
+    others_start = _longest_first([*others, *OTHER_ROLES])
+    others_line = _longest_first([*others, *ROLE_WORDS])
     return _Speakers(
-        own=re.compile(_prefix_body([own]), re.IGNORECASE) if own else None,
-        others_start=re.compile(other_body, re.IGNORECASE) if other_body else None,
-        others_line=re.compile(other_body, re.IGNORECASE | re.MULTILINE) if other_body else None,
-        all_keys=own_keys + other_keys,
-        other_keys=other_keys,
+        own=re.compile(_prefix_body(_longest_first(own_start)), re.IGNORECASE),
+        others_start=re.compile(_prefix_body(others_start), re.IGNORECASE),
+        others_line=re.compile(_prefix_body(others_line), re.IGNORECASE),
+        start_keys=tuple(_squash(name) + ":" for name in [*own_start, *others_start]),
+        line_keys=tuple(_squash(name) + ":" for name in others_line),
+        own_folded=own.casefold(),
     )
+
+
+def _longest_first(names: Sequence[str]) -> list[str]:
+    return sorted(set(names), key=lambda name: (-len(name), name))
 
 
 def _prefix_body(names: Sequence[str]) -> str:
@@ -230,8 +499,79 @@ def _prefix_body(names: Sequence[str]) -> str:
     )
 
 
+# The same shapes as `_prefix_body`, for a name nobody listed.
+_ANY_PREFIX = re.compile(
+    rf"^[ \t]*(?:(?P<em>\*{{1,2}}|_{{1,2}})[ \t]*(?P<inner>{_ANY_NAME})[ \t]*"
+    rf"(?:(?P=em)[ \t]*:|:[ \t]*(?P=em))|(?P<plain>{_ANY_NAME})[ \t]*:)"
+)
+
+
+def _any_speaker_prefix(line: str, *, complete: bool, own: str) -> Prefix:
+    """Whether `line` (one line, without its break) opens with an unlisted speaker's name.
+
+    `Dave: text`: one to three capitalised words, a colon, and text after it on the same
+    line. Not the bot's own name and not a word of `NOT_SPEAKERS`. "maybe" while the
+    line could still become one (only when it is not `complete`).
+    """
+    match = _ANY_PREFIX.match(line)
+    if match is not None:
+        name = match.group("inner") or match.group("plain")
+        if not _speaker_name(name, own):
+            return "no"
+        if line[match.end() :].strip():
+            return "yes"
+        return "no" if complete else "maybe"
+    if complete:
+        return "no"
+    return "maybe" if _could_become_prefix(line) else "no"
+
+
+def _speaker_name(name: str, own: str) -> bool:
+    words = name.split()
+    return (
+        len(name) <= _MAX_NAME_CHARS
+        and all(word[0].isupper() for word in words)
+        and " ".join(words).casefold() not in NOT_SPEAKERS
+        and " ".join(words).casefold() != own
+    )
+
+
+def _could_become_prefix(line: str) -> bool:
+    """Whether more text could make `line` match `_ANY_PREFIX` with a speaker's name.
+
+    An over-approximation is safe (the line is only held back a little longer); it must
+    never say no to the beginning of a real prefix.
+    """
+    before, colon, after = line.partition(":")
+    if colon and after.strip(" \t" + _EMPHASIS):
+        return False  # text after the colon: `_ANY_PREFIX` has already decided
+    if not _NAME_CHARS.fullmatch(before):
+        return False
+    words = [word.strip(_EMPHASIS) for word in before.split()]
+    words = [word for word in words if word]
+    return (
+        len(words) <= _MAX_NAME_WORDS
+        and len(" ".join(words)) <= _MAX_NAME_CHARS
+        and all(word[0].isalpha() and word[0].isupper() for word in words)
+    )
+
+
+def _role_line(line: str, *, complete: bool) -> Prefix:
+    """Whether `line` holds nothing but a role word ("maybe" while it could still)."""
+    word = line.strip(" \t").casefold()
+    if complete:
+        return "yes" if word in ROLE_WORDS else "no"
+    if any(role.startswith(word) for role in ROLE_WORDS):
+        return "maybe"
+    return "no"
+
+
 def _squash(text: str) -> str:
     return _PREFIX_NOISE.sub("", text).lower()
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.casefold())
 
 
 def _decided(text: str, keys: tuple[str, ...], *, final: bool) -> bool:
@@ -295,6 +635,8 @@ class _TagScanner:
                 self._in_think = True
             elif tag == THINK_CLOSE:
                 self.last_stray_close = self._shown + sum(len(piece) for piece in visible)
+            elif tag in TURN_OPENERS:
+                visible.append("\n")
         shown = "".join(visible)
         self._shown += len(shown)
         return shown

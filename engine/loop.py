@@ -35,6 +35,7 @@ from engine.rectifier import Slot
 from engine.session import Member, Session
 from engine.speakers import Decision, RoundRobin, SpeakerSelector
 from engine.store.base import StorageError
+from engine.template_watch import TemplateWatch
 from engine.turns import TurnOutcome, run_turn
 
 Summarizer = Callable[[Session], Awaitable[bool]]
@@ -75,6 +76,7 @@ class SessionLoop:
         self._after_bot_turn = False
         self._task: asyncio.Task[None] | None = None
         self._errors_in_a_row = 0
+        self.template_watch = TemplateWatch(session)
         self.ended = asyncio.Event()
         self._changed = asyncio.Event()
         self._ending: asyncio.Task[None] | None = None
@@ -179,7 +181,7 @@ class SessionLoop:
     async def _run_turn(self) -> None:
         slot = self._slot
         assert slot is not None
-        outcome = await run_turn(self.session, slot)
+        outcome = await run_turn(self.session, slot, self.template_watch)
         await self._settle(slot, outcome)
         self._after_bot_turn = True
         self.machine.fire("turn_done")

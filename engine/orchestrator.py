@@ -6,9 +6,13 @@ and full system prompt, the goal) and the conversation so far, and answers with 
 tool call: `select_speaker(bot_name)`, `hold()` (only when talkers can take part) or
 `end_session(reason)` (only when a goal is set).
 
-Models get tool calls wrong in many ways, so the reply is read down a ladder and the
-rung that worked is reported in the `orchestrator` debug event:
+Where the backend takes a JSON schema (see `engine.structured`), the decision is first
+asked for as structured output: a JSON object whose `bot_name` is an enum of the
+roster. Models get that and tool calls wrong in many ways, so the replies are read down
+a ladder and the rung that worked is reported in the `orchestrator` debug event:
 
+0. `structured_output` the structured call's JSON answer names a bot (or holds, or
+                     ends); otherwise the tool-call request below is made;
 1. `tool_call`       a valid call of an offered tool;
 2. `fuzzy_tool_call` a call whose tool or bot name is off by case, surrounding
                      punctuation or whitespace, or whose arguments are oddly shaped;
@@ -18,8 +22,9 @@ rung that worked is reported in the `orchestrator` debug event:
                      the first call also leads here, with the original prompt);
 5. `round_robin`     the next bot in spec order, with a warning in the log.
 
-`select` never raises and never waits longer than two calls of the LLM client,
-whose own timeouts bound each call. See docs/orchestrator.md.
+`select` never raises and never waits longer than three calls of the LLM client
+(structured output, tool call, retry), whose own timeouts bound each call. See
+docs/orchestrator.md.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.context import mentions
 from engine.history import Message
-from engine.llm.errors import LLMError
+from engine.llm.errors import LLM_REJECTED, LLMError
 from engine.llm.types import (
     ChatMessage,
     ChatRequest,
@@ -45,6 +50,7 @@ from engine.llm.types import (
 )
 from engine.session import Session
 from engine.speakers import Decision, round_robin_next
+from engine.structured import StructuredMode, StructuredOutputProbe, ask_for
 
 SELECT_SPEAKER: Final = "select_speaker"
 HOLD: Final = "hold"
@@ -52,7 +58,10 @@ END_SESSION: Final = "end_session"
 BOT_NAME_ARG: Final = "bot_name"
 REASON_ARG: Final = "reason"
 
-Rung = Literal["tool_call", "fuzzy_tool_call", "text", "retry", "round_robin"]
+ACTION_KEY: Final = "action"
+
+Rung = Literal["structured_output", "tool_call", "fuzzy_tool_call", "text", "retry", "round_robin"]
+Answer = Literal["tools", "json"]
 Action = Literal["speak", "hold", "end"]
 
 # Argument keys models use instead of `bot_name` (rung 2).
@@ -66,6 +75,7 @@ _STRIP: Final = string.whitespace + string.punctuation + _QUOTES
 _CALL_SYNTAX: Final = re.compile(
     rf"\b({SELECT_SPEAKER}|{HOLD}|{END_SESSION})\s*\(([^()]*)\)", re.IGNORECASE
 )
+_NAMES_THE_FIELD: Final = re.compile(r"response_format|json_schema|\bformat\b", re.IGNORECASE)
 _KEYWORD_ARG: Final = re.compile(r"""^\s*\w+\s*[=:]\s*(.+?)\s*$""", re.DOTALL)
 # A default reason when a model ends the session without giving one.
 _NO_REASON: Final = "the orchestrator judged the goal reached"
@@ -146,6 +156,39 @@ class Menu(BaseModel):
             )
         return tools
 
+    def decision_schema(self) -> dict[str, Any]:
+        """The JSON schema of a decision given as structured output.
+
+        With only select_speaker offered it is `{"bot_name": <enum of the roster>}`;
+        otherwise `action` (an enum of the offered tools) comes first, and `reason` last
+        when end_session is offered. Every property is required and no other is allowed,
+        which OpenAI's strict mode demands.
+        """
+        name = {
+            "type": "string",
+            "enum": list(self.roster),
+            "description": "Exact name of the bot that speaks next.",
+        }
+        properties: dict[str, Any] = {}
+        if self.hold or self.end:
+            properties[ACTION_KEY] = {
+                "type": "string",
+                "enum": self.tool_names,
+                "description": "What happens next.",
+            }
+        properties[BOT_NAME_ARG] = name
+        if self.end:
+            properties[REASON_ARG] = {
+                "type": "string",
+                "description": f"For {END_SESSION}: one sentence on why the goal is reached.",
+            }
+        return {
+            "type": "object",
+            "properties": properties,
+            "required": list(properties),
+            "additionalProperties": False,
+        }
+
 
 class Reading(BaseModel):
     """A usable answer read from an orchestrator reply."""
@@ -167,7 +210,10 @@ class Routing(BaseModel):
     reason: str | None = Field(None, description="Why the session ends, for end.")
     tool: str | None = Field(None, description="The tool the answer amounts to (none on fallback).")
     rung: Rung = Field(description="The rung of the robustness ladder that gave the answer.")
-    attempts: int = Field(description="Orchestrator calls made for this decision (1 or 2).")
+    attempts: int = Field(description="Orchestrator calls made for this decision (1 to 3).")
+    structured_output: StructuredMode | None = Field(
+        None, description="How structured output was asked for, if it was."
+    )
     errors: list[str] = Field(default_factory=list, description="LLM error codes met, if any.")
     model: str = Field(description="The model asked.")
 
@@ -213,13 +259,31 @@ class Orchestrator:
 
     async def _route(self, session: Session) -> Routing:
         menu = menu_for(session)
-        request = orchestrator_request(session, menu)
         errors: list[str] = []
+        attempts = 0
+        way = structured_way(session)
+        mode = way[0] if way is not None else None
+        if way is not None:
+            attempts += 1
+            reading = await _ask_structured(session, menu, way, errors)
+            if reading is not None:
+                return Routing(
+                    action=reading.action,
+                    bot=reading.bot,
+                    reason=reading.reason,
+                    tool=reading.tool,
+                    rung=reading.rung,
+                    attempts=attempts,
+                    errors=errors,
+                    model=orchestrator_model(session),
+                    structured_output=mode,
+                )
+        request = orchestrator_request(session, menu)
         completion = await _ask(session, request, errors)
         reading = _read(completion, menu)
-        attempts = 1
+        attempts += 1
         if reading is None:
-            attempts = 2
+            attempts += 1
             retry = request if completion is None else _corrected(request, completion, menu)
             completion = await _ask(session, retry, errors)
             again = _read(completion, menu)
@@ -239,6 +303,7 @@ class Orchestrator:
                 attempts=attempts,
                 errors=errors,
                 model=request.model,
+                structured_output=mode,
             )
         return Routing(
             action=reading.action,
@@ -249,6 +314,7 @@ class Orchestrator:
             attempts=attempts,
             errors=errors,
             model=request.model,
+            structured_output=mode,
         )
 
 
@@ -267,6 +333,60 @@ def _read(completion: Completion | None, menu: Menu) -> Reading | None:
     return read_reply(completion.content, completion.tool_calls, menu)
 
 
+def structured_way(
+    session: Session,
+) -> tuple[StructuredMode, StructuredOutputProbe | None] | None:
+    """How to ask this session's backend for structured output now, or None for not at all.
+
+    The spec's `llm.structured_output` wins over `LLM_STRUCTURED_OUTPUT`. A fixed way
+    comes without a probe; `auto` comes with the backend's probe, which may have given up.
+    """
+    llm = session.spec.llm
+    setting = (llm.structured_output if llm else None) or (
+        session.deps.settings.llm_structured_output
+    )
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return setting, None
+    probe = session.deps.llm.state_for(session.backend, StructuredOutputProbe)
+    mode = probe.mode()
+    return (mode, probe) if mode is not None else None
+
+
+async def _ask_structured(
+    session: Session,
+    menu: Menu,
+    way: tuple[StructuredMode, StructuredOutputProbe | None],
+    errors: list[str],
+) -> Reading | None:
+    """Rung 0: the decision asked for as JSON; None when the answer is not usable."""
+    mode, probe = way
+    request = orchestrator_request(session, menu, structured=mode)
+    refused = False
+    reading = None
+    try:
+        completion = await session.deps.llm.chat(
+            request, backend=session.backend, queue_key=session.id
+        )
+    except LLMError as exc:
+        session.log.warning("structured orchestrator call failed: %s (%s)", exc.code, exc.message)
+        errors.append(exc.code)
+        # A 4xx, or a server that chokes on the field (llama-cpp-python answers an unknown
+        # response_format type with a 500 naming it): this way is not understood.
+        refused = exc.code == LLM_REJECTED or _NAMES_THE_FIELD.search(exc.message) is not None
+    else:
+        reading = read_structured(completion.content, menu)
+    if probe is not None:
+        probe.note(
+            usable=reading is not None,
+            refused=refused,
+            limit=session.deps.settings.structured_output_probe_failures,
+            backend=session.backend.display_url,
+        )
+    return reading
+
+
 # --- the prompt ------------------------------------------------------------------------------
 
 
@@ -278,37 +398,53 @@ def orchestrator_model(session: Session) -> str:
     )
 
 
-def orchestrator_request(session: Session, menu: Menu) -> ChatRequest:
+def orchestrator_request(
+    session: Session, menu: Menu, *, structured: StructuredMode | None = None
+) -> ChatRequest:
     """The chat request for one decision: system prompt, conversation, tools.
 
     The conversation is the summary (if any) and the complete messages after it, as
     `Name: text` lines. When they would not fit in the session's context limit
     together with the system prompt and the tools, the oldest lines are left out;
-    the latest message is always kept.
+    the latest message is always kept. With `structured`, the request asks for the
+    decision as JSON fitting `menu.decision_schema()` in that way, instead of offering tools.
     """
-    system = orchestrator_system_prompt(session, menu)
-    tools = menu.tools()
+    answer: Answer = "json" if structured is not None else "tools"
+    system = orchestrator_system_prompt(session, menu, answer=answer)
+    tools = menu.tools() if structured is None else []
+    schema = menu.decision_schema()
     settings = session.deps.settings
     counter = session.deps.counter
     head = _conversation_head(session.summary)
-    tail = _QUESTION
+    tail = _QUESTION[answer]
+    described = json.dumps(schema) if structured else json.dumps([t.model_dump() for t in tools])
     fixed = counter.count_chat(
         [
             ChatMessage(role="system", content=system),
             ChatMessage(role="user", content=f"{head}\n{_LEFT_OUT}\n\n{tail}"),
         ]
-    ) + counter.count(json.dumps([tool.model_dump() for tool in tools]))
+    ) + counter.count(described)
     messages = [m for m in session.history.visible() if m.turn > session.summary_upto]
     lines = _fit_newest(session, messages, session.context_limit - fixed)
     if len(lines) < len(messages):
         lines.insert(0, _LEFT_OUT)
     body = "\n".join(lines) if lines else _NOTHING_YET
+    prompt = [
+        ChatMessage(role="system", content=system),
+        ChatMessage(role="user", content=f"{head}\n{body}\n\n{tail}"),
+    ]
+    if structured is not None:
+        ask = ask_for(structured, schema)
+        return ChatRequest(
+            model=orchestrator_model(session),
+            messages=prompt,
+            max_tokens=settings.orchestrator_structured_max_tokens,
+            response_format=ask.response_format,
+            extra=ask.extra,
+        )
     return ChatRequest(
         model=orchestrator_model(session),
-        messages=[
-            ChatMessage(role="system", content=system),
-            ChatMessage(role="user", content=f"{head}\n{body}\n\n{tail}"),
-        ],
+        messages=prompt,
         tools=tools,
         tool_choice=settings.orchestrator_tool_choice,
     )
@@ -329,7 +465,10 @@ def _fit_newest(session: Session, messages: Sequence[Message], budget: int) -> l
     return lines
 
 
-_QUESTION: Final = "Who speaks next? Answer with one tool call."
+_QUESTION: Final[dict[Answer, str]] = {
+    "tools": "Who speaks next? Answer with one tool call.",
+    "json": "Who speaks next? Answer with the JSON object only.",
+}
 
 
 def _conversation_head(summary: str | None) -> str:
@@ -341,41 +480,58 @@ def _conversation_head(summary: str | None) -> str:
     return "The conversation so far:"
 
 
-def orchestrator_system_prompt(session: Session, menu: Menu) -> str:
-    """What the orchestrator is told: its job, the bots in full, the goal, how to choose."""
+def orchestrator_system_prompt(session: Session, menu: Menu, *, answer: Answer = "tools") -> str:
+    """What the orchestrator is told: its job, the bots in full, the goal, how to choose.
+
+    `answer` says whether it answers with a tool call or with a JSON object.
+    """
     spec, options = session.spec, session.options
+    json_answer = answer == "json"
+    how = (
+        "by answering with one JSON object"
+        if json_answer
+        else "by calling exactly one of the tools you are given"
+    )
     parts = [
         "You are the orchestrator of a Fellowship session: a conversation between several "
         "AI characters (the bots)"
         + (" and the humans who join in (the talkers)" if menu.hold else "")
         + ". You never speak in the conversation yourself, and nobody sees your answer. "
-        "Your only job is to decide what happens next, by calling exactly one of the "
-        "tools you are given.",
+        f"Your only job is to decide what happens next, {how}.",
         "The bots, in their listed order:\n" + "\n".join(_roster_entries(session)),
     ]
     if spec.system_prompt.strip():
         parts.append(f"Instructions every bot was given:\n{spec.system_prompt.strip()}")
     if options.goal:
+        end = (
+            f'answer with "{ACTION_KEY}": "{END_SESSION}" and a one-sentence "{REASON_ARG}"'
+            if json_answer
+            else f"call {END_SESSION} with a one-sentence reason"
+        )
         parts.append(
             f"The goal of the conversation: {options.goal}\n"
-            f"Once the goal has clearly been reached, call {END_SESSION} with a one-sentence "
-            "reason instead of choosing a bot."
+            f"Once the goal has clearly been reached, {end} instead of choosing a bot."
         )
     if menu.hold:
         humans = _talker_names(session)
         known = f" Talkers so far: {', '.join(humans)}." if humans else ""
+        hold = f'answer with "{ACTION_KEY}": "{HOLD}"' if json_answer else f"call {HOLD}"
         parts.append(
             "Lines from names that are not in the list of bots were written by talkers."
             f"{known} If the latest talker message asks the bots to stop, be quiet, wait or "
-            f"stay silent, or if it is a talker's turn to answer, call {HOLD}: no bot "
+            f"stay silent, or if it is a talker's turn to answer, {hold}: no bot "
             "speaks until a talker writes again."
         )
+    pick = (
+        f'Put the bot\'s exact name in "{BOT_NAME_ARG}"'
+        if json_answer
+        else f"Call {SELECT_SPEAKER} with the bot's exact name"
+    )
     parts.append(
         "How to choose: pick the bot whose turn it most naturally is: one who was just "
         "addressed or asked something, whose role fits what the conversation needs now, "
         "or who has not spoken for a while. Do not pick the bot that spoke last unless it "
-        f"was addressed directly. Call {SELECT_SPEAKER} with the bot's exact name "
-        f"({', '.join(menu.roster)})."
+        f"was addressed directly. {pick} ({', '.join(menu.roster)})."
     )
     return "\n\n".join(parts)
 
@@ -426,6 +582,26 @@ def _corrected(request: ChatRequest, completion: Completion, menu: Menu) -> Chat
 
 
 # --- reading replies (pure) ------------------------------------------------------------------
+
+
+def read_structured(content: str, menu: Menu) -> Reading | None:
+    """Read a decision given as structured output (rung 0), or None.
+
+    The reply must hold a JSON object (the first one in the text counts, so a code fence
+    around it does no harm) whose `action` is an offered tool (select_speaker when
+    absent) and whose `bot_name` or `reason` fits it.
+    """
+    objects = [found for found in _json_objects(content) if isinstance(found, dict)]
+    if not objects:
+        return None
+    answer = objects[0]
+    action = answer.get(ACTION_KEY, SELECT_SPEAKER)
+    if not isinstance(action, str):
+        return None
+    found = interpret_call(action, {k: v for k, v in answer.items() if k != ACTION_KEY}, menu)
+    if found is None:
+        return None
+    return found[0].model_copy(update={"rung": "structured_output"})
 
 
 def read_reply(content: str, calls: Sequence[ToolCall], menu: Menu) -> Reading | None:

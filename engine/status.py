@@ -54,4 +54,7 @@ class SessionStatus(BaseModel):
     members: MemberCounts = Field(description="Connected members.")
     tokens: TokenReport = Field(description="Token accounting.")
     limits: LimitReport = Field(description="Limits in force.")
-    warnings: list[str] = Field(description="Warnings from spec validation.")
+    warnings: list[str] = Field(
+        description="Warnings: from spec validation, and backend problems found while the "
+        "session ran (`backend_template_mismatch: ...`)."
+    )

@@ -8,7 +8,10 @@ flight per backend, granted in arrival order across all sessions.
 `Completion`. Behaviour worth knowing:
 
 - Only fields that are set are sent (no `tools: []`, no `stop: []`, no null
-  temperature): several local servers reject empty or unknown fields.
+  temperature): several local servers reject empty or unknown fields. Backend-specific
+  extras (`ChatRequest.extra`) are added as they are, never over a standard field.
+- A legacy `function_call` is read only when the reply has no `tool_calls` (some
+  servers send both, the legacy one with a wrong name).
 - Reasoning never reaches the reply: `<think>…</think>` blocks (also when a tag is cut
   across stream chunks) and `reasoning_content` / `reasoning` fields go to
   `Completion.reasoning`; `on_token` only ever sees reply text.
@@ -37,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -64,6 +67,8 @@ from engine.logs import secret_filter
 
 logger = logging.getLogger(__name__)
 
+_State = TypeVar("_State")
+
 TokenCallback = Callable[[str], Awaitable[None]]
 """Receives each piece of reply text as it streams in (never reasoning)."""
 
@@ -71,6 +76,8 @@ _DONE = "[DONE]"
 _EVENT_STREAM = "text/event-stream"
 _JSON = "application/json"
 _SCHEMES = ("http", "https")
+# Request fields sent under their own name, and only when set.
+_OPTIONAL_FIELDS = ("top_p", "frequency_penalty", "presence_penalty", "seed", "response_format")
 
 
 class Backend(BaseModel):
@@ -157,6 +164,12 @@ def build_payload(request: ChatRequest, settings: Settings) -> dict[str, Any]:
         payload["tools"] = [tool.model_dump(exclude_none=True) for tool in request.tools]
         if request.tool_choice is not None:
             payload["tool_choice"] = request.tool_choice
+    for name in _OPTIONAL_FIELDS:
+        value = getattr(request, name)
+        if value is not None:
+            payload[name] = value
+    for name, value in request.extra.items():
+        payload.setdefault(name, value)
     return payload
 
 
@@ -183,7 +196,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 class LLMClient:
     """Chat completions against any number of OpenAI-compatible backends.
 
-    `sleep` and `clock` are injectable so tests can observe retry delays without waiting.
+    `sleep` and `clock` are injectable so tests can observe retry delays without waiting;
+    `transport` replaces the network (tests replay recorded backend answers with it).
     Close with `await client.aclose()` (or `async with LLMClient(...)`).
     """
 
@@ -193,12 +207,15 @@ class LLMClient:
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._settings = settings
         self._sleep = sleep
         self._clock = clock
+        self._transport = transport
         self._http: dict[str, httpx.AsyncClient] = {}
         self._limiters: dict[str, FairLimiter] = {}
+        self._states: dict[tuple[str, type[Any]], Any] = {}
         default_key = settings.llm_api_key.get_secret_value()
         if default_key:
             secret_filter.add_secret(default_key)
@@ -239,6 +256,18 @@ class LLMClient:
             limiter = FairLimiter(self._settings.llm_max_concurrency)
             self._limiters[backend.base_url] = limiter
         return limiter
+
+    def state_for(self, backend: Backend, kind: type[_State]) -> _State:
+        """What callers learn about one backend, kept for as long as the client lives.
+
+        One `kind()` instance per backend and kind (the orchestrator keeps which way of
+        asking for structured output a backend honours). Callers own the contents.
+        """
+        key = (backend.base_url, kind)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = kind()
+        return cast(_State, state)
 
     async def chat(
         self,
@@ -485,6 +514,7 @@ class LLMClient:
                     max_keepalive_connections=settings.llm_max_concurrency,
                 ),
                 follow_redirects=False,  # a redirect must not lead around the SSRF guard
+                transport=self._transport,
             )
             self._http[backend.base_url] = http
         return http

@@ -126,11 +126,18 @@ class ToolCallAssembler:
 
     Fragments are matched by `index`; a backend that omits the index gets one call per
     new `id` (fragments without either continue the last call).
+
+    A legacy `function_call` is collected apart and used only when the reply carries no
+    `tool_calls` at all: some servers send both, the legacy one with a different (even
+    bogus) name, and merging the two would corrupt the real call (llama-cpp-python's
+    `chatml-function-calling` answered `select_speaker` in `tool_calls` beside a
+    `function_call` named `end_session:`).
     """
 
     def __init__(self) -> None:
         self._calls: dict[int, _PartialCall] = {}
         self._last: int | None = None
+        self._legacy: _PartialCall | None = None
 
     def add(self, fragment: WireToolCall) -> None:
         """Merge one fragment (or whole call) into the calls being built."""
@@ -142,24 +149,26 @@ class ToolCallAssembler:
         function = fragment.function
         if function is None:
             return
-        # Some servers repeat the full name in every delta; others split it.
-        if function.name and function.name != call.name:
-            call.name += function.name
-        call.arguments.append(function.arguments_text())
+        _extend(call, function.name, function.arguments_text())
 
     def add_legacy(self, name: str | None, arguments: str) -> None:
-        """Merge a legacy `function_call` (one call, no index)."""
-        call = self._calls.setdefault(0, _PartialCall())
-        self._last = 0
-        if name and name != call.name:
-            call.name += name
-        call.arguments.append(arguments)
+        """Merge a legacy `function_call` (one call, no index; see the class docstring)."""
+        if self._legacy is None:
+            self._legacy = _PartialCall()
+        _extend(self._legacy, name, arguments)
 
     def calls(self) -> list[ToolCall]:
-        """The assembled calls in index order (calls without a name are dropped)."""
+        """The assembled calls in index order (calls without a name are dropped).
+
+        `tool_calls` win whenever the reply had any; the legacy `function_call` is the
+        answer only when it is all there is.
+        """
+        partials = [call for _, call in sorted(self._calls.items())]
+        if not partials and self._legacy is not None:
+            partials = [self._legacy]
         return [
             ToolCall(id=call.id, name=call.name, arguments="".join(call.arguments))
-            for _, call in sorted(self._calls.items())
+            for call in partials
             if call.name
         ]
 
@@ -171,6 +180,13 @@ class ToolCallAssembler:
         if fragment.id and fragment.id != self._calls[self._last].id:
             return max(self._calls) + 1
         return self._last
+
+
+def _extend(call: _PartialCall, name: str | None, arguments: str) -> None:
+    # Some servers repeat the full name in every delta; others split it.
+    if name and name != call.name:
+        call.name += name
+    call.arguments.append(arguments)
 
 
 def sse_data(line: str) -> str | None:

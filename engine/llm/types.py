@@ -47,6 +47,18 @@ class ChatRequest(BaseModel):
         None, description="'auto', 'none', 'required' or a named function."
     )
     stream: bool = Field(False, description="Ask for a streamed reply.")
+    top_p: float | None = Field(None, description="Nucleus sampling share, if set.")
+    frequency_penalty: float | None = Field(None, description="Frequency penalty, if set.")
+    presence_penalty: float | None = Field(None, description="Presence penalty, if set.")
+    seed: int | None = Field(None, description="Sampling seed, if set.")
+    response_format: dict[str, Any] | None = Field(
+        None, description="OpenAI `response_format` (a JSON schema or JSON mode), if set."
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Backend-specific fields sent as they are (llama.cpp's repeat_penalty, "
+        "DRY settings, Ollama's format). Never overrides a field above.",
+    )
 
 
 class ToolCall(BaseModel):

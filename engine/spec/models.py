@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from engine.structured import StructuredSetting
 from engine.text import has_control_chars
 
 # Both numbers are part of the spec contract (SPEC §2), not tunable server limits.
@@ -54,7 +55,6 @@ REDACTED: Final = "***"
 # Where a stored spec keeps secrets the server must use again: they are stored encrypted
 # (engine.store.secrets). A new secret field of the spec belongs here.
 SECRET_FIELDS: Final[tuple[tuple[str, ...], ...]] = (("llm", "api_key"),)
-
 
 
 def _refuse_bool(value: object) -> object:
@@ -130,6 +130,88 @@ class _SpecModel(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
+Probability = Annotated[float, Field(ge=0, le=1), Number]
+Penalty = Annotated[float, Field(ge=-2, le=2), Number]
+Temperature = Annotated[float, Field(ge=0, le=2), Number]
+Seed = Annotated[int, Field(ge=0), Number]
+
+
+class BackendOptions(_SpecModel):
+    """Sampling settings only some backends know, sent to the backend as they are.
+
+    llama.cpp's `llama-server` and llama-cpp-python read all of them (vLLM reads `top_k`
+    and `min_p`); OpenAI refuses unknown fields, so leave this out for OpenAI.
+    """
+
+    repeat_penalty: Annotated[float, Field(ge=0, le=10), Number] | None = Field(
+        None,
+        description="llama.cpp: penalty for repeating recent tokens (1 is off; 1.1 to 1.3 "
+        "curbs loops).",
+    )
+    repeat_last_n: Annotated[int, Field(ge=-1), Number] | None = Field(
+        None,
+        description="llama.cpp: how many recent tokens repeat_penalty looks at (-1: the "
+        "whole context, 0: off).",
+    )
+    top_k: Annotated[int, Field(ge=0), Number] | None = Field(
+        None, description="Sample only from the k most likely tokens (0: no limit)."
+    )
+    min_p: Probability | None = Field(
+        None, description="Drop tokens less likely than this share of the most likely one."
+    )
+    dry_multiplier: Annotated[float, Field(ge=0, le=10), Number] | None = Field(
+        None,
+        description="llama.cpp DRY (don't repeat yourself) strength; 0 is off, 0.8 a usual value.",
+    )
+    dry_base: Annotated[float, Field(ge=1, le=10), Number] | None = Field(
+        None, description="llama.cpp DRY: how fast the penalty grows with the repeat length."
+    )
+    dry_allowed_length: Annotated[int, Field(ge=0), Number] | None = Field(
+        None, description="llama.cpp DRY: longest repeated run of tokens left unpenalised."
+    )
+    dry_penalty_last_n: Annotated[int, Field(ge=-1), Number] | None = Field(
+        None,
+        description="llama.cpp DRY: how many recent tokens are scanned (-1: the whole "
+        "context, 0: off).",
+    )
+    dry_sequence_breakers: list[str] | None = Field(
+        None,
+        description="llama.cpp DRY: strings that end a repeated run (default: newline, "
+        "colon, quote, asterisk).",
+    )
+
+    def payload(self) -> dict[str, Any]:
+        """The fields that are set, as sent to the backend."""
+        return self.model_dump(exclude_none=True)
+
+
+class Sampling(_SpecModel):
+    """Sampling settings for every bot of the session (a bot's own values win)."""
+
+    temperature: Temperature | None = Field(
+        None, description="Sampling temperature, 0 to 2. Unset: the backend's default."
+    )
+    top_p: Probability | None = Field(
+        None, description="Nucleus sampling: keep the most likely tokens up to this share, 0 to 1."
+    )
+    frequency_penalty: Penalty | None = Field(
+        None,
+        description="-2 to 2: penalise tokens by how often they already appear (against "
+        "repetition).",
+    )
+    presence_penalty: Penalty | None = Field(
+        None, description="-2 to 2: penalise tokens that already appear at all (new topics)."
+    )
+    seed: Seed | None = Field(
+        None, description="Sampling seed, for repeatable replies where the backend honours it."
+    )
+    backend_options: BackendOptions | None = Field(
+        None,
+        description="Backend-specific settings (llama.cpp repeat_penalty, DRY, top_k, min_p), "
+        "sent as they are.",
+    )
+
+
 class BotSpec(_SpecModel):
     """One bot: an LLM participant with its own name, prompt and model settings."""
 
@@ -153,10 +235,27 @@ class BotSpec(_SpecModel):
         "the orchestrator.",
         examples=["moderator"],
     )
-    temperature: Annotated[float, Field(ge=0, le=2), Number] | None = Field(
+    temperature: Temperature | None = Field(
         None,
         description="Sampling temperature for this bot's replies, 0 to 2. Unset: the "
-        "backend's default.",
+        "session's sampling.temperature, else the backend's default.",
+    )
+    top_p: Probability | None = Field(
+        None, description="Nucleus sampling share for this bot, 0 to 1. Unset: sampling.top_p."
+    )
+    frequency_penalty: Penalty | None = Field(
+        None,
+        description="Frequency penalty for this bot, -2 to 2. Unset: sampling.frequency_penalty.",
+    )
+    presence_penalty: Penalty | None = Field(
+        None,
+        description="Presence penalty for this bot, -2 to 2. Unset: sampling.presence_penalty.",
+    )
+    seed: Seed | None = Field(None, description="Sampling seed for this bot. Unset: sampling.seed.")
+    backend_options: BackendOptions | None = Field(
+        None,
+        description="Backend-specific sampling settings for this bot, merged key by key over "
+        "sampling.backend_options.",
     )
     model: StrippedLabel = Field(
         None,
@@ -168,6 +267,24 @@ class BotSpec(_SpecModel):
         None,
         description="Longest reply in tokens for this bot. Unset: no limit is sent to the backend.",
     )
+
+
+def bot_sampling(bot: BotSpec, session: Sampling | None) -> Sampling:
+    """The sampling settings `bot` uses: its own values, else the session's, key by key.
+
+    `backend_options` are merged key by key too, the bot's winning.
+    """
+    base = session or Sampling()
+    values: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed"):
+        own = getattr(bot, name)
+        values[name] = own if own is not None else getattr(base, name)
+    extras = {
+        **(base.backend_options.payload() if base.backend_options else {}),
+        **(bot.backend_options.payload() if bot.backend_options else {}),
+    }
+    values["backend_options"] = BackendOptions(**extras) if extras else None
+    return Sampling(**values)
 
 
 class SessionOptions(_SpecModel):
@@ -262,6 +379,11 @@ class SessionOptions(_SpecModel):
         ge=0,
         description="collaborative mode: pause in seconds between consecutive bot turns.",
     )
+    end_at_sentence: bool = Field(
+        True,
+        description="A reply cut short by a bot's max_tokens ends at its last whole sentence "
+        "(when it has one). false: keep the cut text as it is.",
+    )
 
     @field_validator("memory")
     @classmethod
@@ -306,6 +428,11 @@ class LLMOverride(_SpecModel):
         None,
         description="Model for orchestrator calls. Unset: the server's DEFAULT_ORCHESTRATOR_MODEL.",
     )
+    structured_output: StructuredSetting | None = Field(
+        None,
+        description="How the orchestrator asks this backend for a JSON decision: json_schema, "
+        "json_object, format (Ollama), off, or auto. Unset: the server's LLM_STRUCTURED_OUTPUT.",
+    )
 
 
 class SessionSpec(_SpecModel):
@@ -339,6 +466,11 @@ class SessionSpec(_SpecModel):
     )
     options: SessionOptions = Field(
         default_factory=SessionOptions, description="How the session runs; every key optional."
+    )
+    sampling: Sampling | None = Field(
+        None,
+        description="Sampling settings for every bot (temperature, top_p, penalties, seed, "
+        "backend options); a bot's own values win.",
     )
     llm: LLMOverride | None = Field(
         None, description="Send this session's calls to another backend or model."

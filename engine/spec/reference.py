@@ -53,6 +53,12 @@ def render_reference() -> str:
         _OPTIONS.format(min_bots=ORCHESTRATED_MIN_BOTS),
         _table(defs["SessionOptions"]),
         _MEMORY,
+        "## Sampling (`sampling`, and per bot)\n",
+        _SAMPLING,
+        _table(defs["Sampling"]),
+        "### Backend options (`sampling.backend_options`, `bots[].backend_options`)\n",
+        _BACKEND_OPTIONS,
+        _table(defs["BackendOptions"]),
         "## Backend override (`llm`)\n",
         _LLM,
         _table(defs["LLMOverride"]),
@@ -207,6 +213,37 @@ _MEMORY = """\
 - `inherit:<token>`: the session starts from the memory of the earlier session whose
   token is given, and carries the chain on. The token is a secret: it is never logged,
   and specs shown back by the API replace it with `***`.
+"""
+
+_SAMPLING = """\
+Sampling settings apply to every bot's replies (never to the orchestrator or to
+summaries). Each bot may set `temperature`, `top_p`, `frequency_penalty`,
+`presence_penalty`, `seed` and `backend_options` itself; a bot's own value wins, key by
+key, over the session's `sampling`. Only values that are set are sent: whatever is left
+unset is the backend's own default.
+
+```yaml
+sampling:
+  top_p: 0.9
+  frequency_penalty: 0.4
+  seed: 7
+  backend_options:
+    repeat_penalty: 1.15
+bots:
+  - name: Alice
+    temperature: 0.9
+    presence_penalty: 0.3
+  - name: Bob
+    backend_options:
+      dry_multiplier: 0.8
+```
+"""
+
+_BACKEND_OPTIONS = """\
+Settings that only some servers understand, checked here and sent under their own
+names: llama.cpp's `llama-server` and llama-cpp-python read every one of them (vLLM
+reads `top_k` and `min_p`). OpenAI refuses fields it does not know, so leave
+`backend_options` out for OpenAI. See [backends.md](backends.md).
 """
 
 _LLM = """\

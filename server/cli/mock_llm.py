@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from engine.config import get_settings
 from engine.llm.mock import Fault, FaultRate, MockLLM
+from engine.llm.mock.replies import STRUCTURED_KINDS
 
 
 def register(sub: Any) -> None:
@@ -49,7 +50,27 @@ def register(sub: Any) -> None:
         + ", ".join(fault.value for fault in Fault),
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault RNG (default: 0)")
+    parser.add_argument(
+        "--structured-output",
+        type=_kinds,
+        default=sorted(STRUCTURED_KINDS),
+        metavar="KINDS",
+        help="comma-separated kinds of JSON-schema request honoured, or 'none' (default: "
+        + ",".join(sorted(STRUCTURED_KINDS))
+        + "); the others are ignored",
+    )
     parser.set_defaults(handler=_handle)
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [item.strip() for item in text.split(",") if item.strip()]
+    if kinds == ["none"]:
+        return []
+    unknown = sorted(set(kinds) - STRUCTURED_KINDS)
+    if unknown:
+        known = ", ".join(sorted(STRUCTURED_KINDS))
+        raise argparse.ArgumentTypeError(f"unknown kind {unknown[0]!r} (known: {known}, none)")
+    return kinds
 
 
 def _fault(text: str) -> FaultRate:
@@ -74,6 +95,7 @@ def _handle(args: argparse.Namespace) -> int:
         token_ms=args.token_ms,
         faults=args.fault,
         seed=args.seed,
+        structured_output=args.structured_output,
         record=False,  # a long benchmark run must not grow memory
     )
     try:

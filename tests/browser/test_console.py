@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 from playwright.async_api import Dialog, ViewportSize, WebSocketRoute, expect
 
 from engine.hub import CLOSE_TOO_SLOW
-from engine.llm.mock import MockLLM
+from engine.llm.mock import MockLLM, MockReply
+from engine.llm.types import Usage
 from tests.browser.conftest import (
     DOCS_SCREENSHOT,
     UPDATE_DOCS_SCREENSHOT,
@@ -185,6 +186,27 @@ async def test_unknown_options_are_shown_as_warnings(open_console: OpenConsole) 
     tab = await open_console()
     await tab.create(two_bot_spec(max_turns=1, colour="blue"))
     await expect(tab.page.locator("#session-warnings")).to_contain_text("options.colour")
+
+
+async def test_a_backend_template_mismatch_is_shown_among_the_warnings(
+    open_console: OpenConsole, mock: MockLLM
+) -> None:
+    # A server whose chat template drops the conversation counts a 3-token prompt.
+    mock.set_handler(
+        lambda request: MockReply(
+            content="def main(): pass",
+            usage=Usage(prompt_tokens=3, completion_tokens=5, total_tokens=8),
+        )
+    )
+    spec = json.loads(two_bot_spec(max_turns=3))
+    spec["system_prompt"] = " ".join(["Two neighbours talk about the weekend."] * 12)
+    tab = await open_console()
+    await tab.create(json.dumps(spec))
+    await expect(tab.page.locator("#connection")).to_have_text("Session ended")
+    warnings = tab.page.locator("#session-warnings")
+    await expect(warnings).to_be_visible()
+    await expect(warnings).to_contain_text("backend_template_mismatch")
+    await expect(warnings).to_contain_text("--jinja")
 
 
 # --- talking --------------------------------------------------------------------------------

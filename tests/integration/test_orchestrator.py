@@ -17,7 +17,7 @@ from engine.orchestrator import Orchestrator
 from engine.session import Session
 from engine.speakers import Decision
 from tests.integration.conftest import ManagerFactory
-from tests.support.direct_session import bare_session, drain
+from tests.support.direct_session import bare_session, decide
 from tests.support.engine import spec, watch
 
 CONVERSATION = [("Alice", "Espresso is the only serious coffee."), ("Bob", "Tea, surely.")]
@@ -25,17 +25,8 @@ CONVERSATION = [("Alice", "Espresso is the only serious coffee."), ("Bob", "Tea,
 
 @pytest.fixture
 async def manager(manager_factory: ManagerFactory) -> SessionManager:
-    return await manager_factory(default_orchestrator_model="router-1")
-
-
-async def decide(session: Session) -> tuple[Decision, dict[str, Any]]:
-    """Run one decision; return it with the data of its `orchestrator` debug event."""
-    subscription = session.hub.subscribe(session.snapshot)
-    decision = await Orchestrator().select(session)
-    events = [e for e in await drain(session, subscription) if e.type == "debug"]
-    data = [e.data for e in events if e.category == "orchestrator"]  # type: ignore[attr-defined]
-    assert len(data) == 1
-    return decision, data[0]
+    # These tests are about the tool-call ladder; structured output has its own tests.
+    return await manager_factory(default_orchestrator_model="router-1", llm_structured_output="off")
 
 
 @pytest.fixture

@@ -9,6 +9,11 @@ user/assistant alternation starting with user. Two kinds of server are tried:
 - `llama-server --no-jinja --chat-template NAME` with llama.cpp's built-in `llama2`,
   `gemma` and `mistral-v1` layouts (those names are only known to the non-Jinja path;
   with `--jinja` the text would be taken as a template of its own).
+
+No stored reply may hold template tokens or the role words templates write after them.
+A template that does not work must be reported (`backend_template_mismatch`): with
+`--jinja --chat-template gemma` the server's template is the word "gemma" and the
+model sees next to nothing of the prompt; under `mistral-v1` every reply is empty.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import pytest
 
 from tests.real.conftest import (
     CAST,
+    TEMPLATE_MISMATCH,
     TEST_TIMEOUT,
     EngineFactory,
+    Finished,
     RealBackend,
     check_calls,
     check_clean_replies,
     check_coherent,
+    check_no_mismatch,
     check_streamed_tokens,
     describe,
     expect_every_turn_answered,
@@ -37,6 +45,7 @@ from tests.real.conftest import (
 pytestmark = [pytest.mark.real, pytest.mark.timeout(TEST_TIMEOUT)]
 
 TURNS = 9
+MISMATCH_TURNS = 4
 ORDER = [name for name, _ in CAST]
 BUILTIN_TEMPLATES = ["llama2", "gemma", "mistral-v1"]
 
@@ -82,6 +91,7 @@ async def test_round_robin_passes_a_template_that_rejects_any_layout_slip(
     if stream:
         check_streamed_tokens(finished)
     check_clean_replies(finished)
+    check_no_mismatch(finished)
     expect_every_turn_answered(finished)
 
 
@@ -96,3 +106,37 @@ async def test_round_robin_passes_llama_cpp_builtin_strict_templates(
     # The model was trained on ChatML, not these layouts: it may say nothing at all under
     # them (a tombstone, which is right), so only what was recorded is checked.
     check_clean_replies(finished)
+    if builtin_template_server.name.endswith("mistral-v1"):
+        # Every reply comes back empty: the user is told, once, what to try.
+        check_mismatch_reported(finished, "replies in a row were empty")
+
+
+@pytest.fixture(scope="module")
+def literal_template_server() -> Iterator[RealBackend]:
+    """`--jinja --chat-template gemma`: the word "gemma" becomes the whole template."""
+    backend = start_llama_server("llama-server-jinja-gemma", "--jinja", "--chat-template", "gemma")
+    yield backend
+    backend.stop()
+
+
+async def test_a_template_that_drops_the_prompt_is_reported_once(
+    literal_template_server: RealBackend, engine_factory: EngineFactory
+) -> None:
+    engine = await engine_factory(literal_template_server)
+    finished = await run_session(engine, real_spec(max_turns=MISMATCH_TURNS))
+    describe(finished, literal_template_server, "literal_template", stream=False)
+    check_calls(finished.calls, MISMATCH_TURNS)
+    check_coherent(finished, MISMATCH_TURNS, ORDER)
+    # The server counts a few tokens where the prompt has hundreds.
+    short = [c for c in finished.calls if c.prompt_tokens is not None]
+    assert short and all(c.prompt_tokens * 4 < c.estimated_prompt_tokens for c in short)
+    check_mismatch_reported(finished, "prompt tokens where Fellowship estimates")
+
+
+def check_mismatch_reported(finished: Finished, seen: str) -> None:
+    """One `backend_template_mismatch` error, saying what was seen, also in status."""
+    mismatches = [e for e in finished.of_type("error") if e.code == TEMPLATE_MISMATCH]
+    assert len(mismatches) == 1, finished.of_type("error")
+    assert seen in mismatches[0].message and "--jinja" in mismatches[0].message
+    status = finished.watcher.manager.status(finished.handle)
+    assert [w for w in status.warnings if w.startswith(TEMPLATE_MISMATCH)]

@@ -177,7 +177,9 @@ async def test_reactive_talker_on_websocket_and_observer_on_sse_see_the_same_rea
         lost_turns=[e["turn"] for e in ends if e["status"] == "failed"],
         tokens=token_ratios(client.calls),
         tokens_by_bot=status["tokens"]["by_bot"],
-        replies=[f"{e['bot']}: {e['content']}" for e in observer.of_type("bot_message")],
+        replies=len(observer.of_type("bot_message")),
+        retries=sum(c.retry for c in client.calls),
+        messages=[f"{e['bot']}: {e['content']}" for e in observer.of_type("bot_message")],
         calls=[c.model_dump() for c in client.calls],
     )
     # Positions: each talker message is followed by exactly two bot turns, round robin.
@@ -198,8 +200,13 @@ async def test_reactive_talker_on_websocket_and_observer_on_sse_see_the_same_rea
     for reply in observer.of_type("bot_message"):
         others = [n for n in names if n != reply["bot"]]
         assert reply_problems(reply["content"], reply["bot"], others) == []
-        streamed = [e["token"] for e in observer.of_type("token") if e["turn"] == reply["turn"]]
-        assert "".join(streamed) == reply["content"]
+        # The tokens after the turn's last reset (a retry, or a whole-reply rule) add up.
+        streamed = [
+            e for e in observer.of_type("token", "token_reset") if e["turn"] == reply["turn"]
+        ]
+        resets = [i for i, e in enumerate(streamed) if e["type"] == "token_reset"]
+        tokens = [e["token"] for e in streamed[resets[-1] + 1 if resets else 0 :]]
+        assert "".join(tokens) == reply["content"]
     # Both transports carried the same session events with the same seqs.
     check_stream(talker.events)
     assert observer.ids == [str(e["seq"]) for e in observer.events]

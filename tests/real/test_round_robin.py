@@ -17,6 +17,7 @@ from tests.real.conftest import (
     check_calls,
     check_clean_replies,
     check_coherent,
+    check_no_mismatch,
     check_streamed_tokens,
     describe,
     expect_every_turn_answered,
@@ -40,6 +41,7 @@ async def _round_robin(backend: RealBackend, engine_factory: EngineFactory, stre
     if stream:
         check_streamed_tokens(finished)
     check_clean_replies(finished)
+    check_no_mismatch(finished)
     expect_every_turn_answered(finished)
 
 

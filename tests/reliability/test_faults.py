@@ -77,10 +77,16 @@ def debris(content: str, speaker: str) -> list[str]:
 
 
 async def run_session_with_fault(
-    server_factory: ServerFactory, mock: MockLLM, fault: Fault, **options: Any
+    server_factory: ServerFactory,
+    mock: MockLLM,
+    fault: Fault,
+    settings: dict[str, Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Run a full session under `fault`; return what every member saw and what was stored."""
-    server = await server_factory(llm_timeout=CALL_TIMEOUT, llm_read_timeout=CALL_TIMEOUT)
+    server = await server_factory(
+        llm_timeout=CALL_TIMEOUT, llm_read_timeout=CALL_TIMEOUT, **(settings or {})
+    )
     mock.set_faults([f"{fault.value}:{FAULT_RATE}"])
     sse_timeout = httpx.Timeout(WAIT_SECONDS, read=None)
     async with (
@@ -200,7 +206,14 @@ async def test_a_reply_with_debris_reaches_members_clean(
 async def test_an_orchestrator_that_answers_badly_never_stalls_the_session(
     server_factory: ServerFactory, mock: MockLLM, fault: Fault
 ) -> None:
-    outcome = await run_session_with_fault(server_factory, mock, fault, turn_order="orchestrated")
+    # Tool faults strike tool-call requests: the structured-output rung is left out.
+    outcome = await run_session_with_fault(
+        server_factory,
+        mock,
+        fault,
+        settings={"llm_structured_output": "off"},
+        turn_order="orchestrated",
+    )
     assert_session_went_on(outcome)
     talker = outcome["talker"]
     decisions = [e for e in talker.of_type("debug") if e["category"] == "orchestrator"]
@@ -212,11 +225,25 @@ async def test_an_orchestrator_that_answers_badly_never_stalls_the_session(
         assert rungs - {"tool_call"}, rungs
 
 
+async def test_a_backend_that_ignores_structured_output_falls_back_to_tool_calls(
+    server_factory: ServerFactory, mock: MockLLM
+) -> None:
+    outcome = await run_session_with_fault(
+        server_factory, mock, Fault.STRUCTURED_IGNORED, turn_order="orchestrated"
+    )
+    assert_session_went_on(outcome)
+    decisions = [e for e in outcome["talker"].of_type("debug") if e["category"] == "orchestrator"]
+    rungs = [e["data"]["rung"] for e in decisions]
+    # Ignored on about half the calls: those went on to the tool call, the rest were JSON.
+    assert "structured_output" in rungs and "tool_call" in rungs, rungs
+
+
 async def test_every_fault_mode_is_covered_by_a_test() -> None:
     tool_faults = {f for f in Fault if f.needs_tools}
     text_faults = {Fault.THINK, Fault.REASONING, Fault.NAME_PREFIX}
     text_faults |= {Fault.OWN_NAME_PREFIX, Fault.IMPERSONATE}
-    assert set(Fault) == FAILING | text_faults | tool_faults
+    schema_faults = {f for f in Fault if f.needs_schema}
+    assert set(Fault) == FAILING | text_faults | tool_faults | schema_faults
 
 
 # --- the disk fails ---------------------------------------------------------------------------

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 from engine.events import BaseEvent, parse_event
 from engine.history import History, Message
 from engine.hub import Subscription
 from engine.manager import SessionManager
+from engine.orchestrator import Orchestrator
 from engine.session import Session
+from engine.speakers import Decision
 from engine.spec.models import SessionSpec
 from engine.store.base import SessionRecord
 
@@ -67,3 +70,13 @@ async def drain(session: Session, subscription: Subscription) -> list[BaseEvent]
         assert frame is not None
         events.append(parse_event(frame.data))
     return events
+
+
+async def decide(session: Session) -> tuple[Decision, dict[str, Any]]:
+    """Run one decision; return it with the data of its `orchestrator` debug event."""
+    subscription = session.hub.subscribe(session.snapshot)
+    decision = await Orchestrator().select(session)
+    events = [e for e in await drain(session, subscription) if e.type == "debug"]
+    data = [e.data for e in events if e.category == "orchestrator"]  # type: ignore[attr-defined]
+    assert len(data) == 1
+    return decision, data[0]

@@ -29,6 +29,9 @@ def make_settings(tmp_path: Path, base_url: str, **overrides: Any) -> Settings:
         "llm_retry_delay": 0.0,
         "housekeeping_interval": 0.05,
         "secret_key": TEST_SECRET_KEY,
+        # The mock's default reply echoes the last message, so a long session repeats
+        # itself exactly after two rounds: the duplicate guard is on only in its own tests.
+        "duplicate_window": 0,
     }
     values.update(overrides)
     return load_settings(**values)

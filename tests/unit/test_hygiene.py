@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.hygiene import CleanReply, StreamCleaner, clean_reply
+from engine.history import Message
+from engine.hygiene import (
+    CleanReply,
+    StreamCleaner,
+    clean_reply,
+    collapse_repeats,
+    find_repeat,
+    recitals_of,
+)
 
 OWN = "Alice"
 OTHERS = ["Bob", "Al", "Dr. Who", "Dana"]
@@ -29,7 +39,7 @@ GOLDEN: list[tuple[str, str]] = [
     ("Alice: Alice:  ALICE : Espresso.", "Espresso."),
     ("Alice:\n\nEspresso.", "Espresso."),
     ("Alice says: espresso.", "Alice says: espresso."),
-    ("Alicegate: a scandal.", "Alicegate: a scandal."),
+    ("alicegate: a scandal.", "alicegate: a scandal."),
     ("**Alice:* odd emphasis", "**Alice:* odd emphasis"),
     ("Espresso.\nBob: Tea!", "Espresso."),
     ("Espresso.\n\nBob: Tea!\nAlice: No.", "Espresso."),
@@ -37,7 +47,7 @@ GOLDEN: list[tuple[str, str]] = [
     ("Espresso.\n  bob : Tea!", "Espresso."),
     ("Espresso.\nDr. Who: Time for tea.", "Espresso."),
     ("Espresso.\nAl: me too", "Espresso."),
-    ("Espresso.\nAlbert: not a participant", "Espresso.\nAlbert: not a participant"),
+    ("Espresso.\nAlbert: not a participant", "Espresso."),
     ("Espresso, Bob: you're wrong.", "Espresso, Bob: you're wrong."),
     ("Ask Bob:\n- why tea?", "Ask Bob:\n- why tea?"),
     ("Bob's view:\nwrong.", "Bob's view:\nwrong."),
@@ -56,6 +66,35 @@ GOLDEN: list[tuple[str, str]] = [
     ("a [list] of [INST", "a [list] of [INST"),
     ("a < b and c <thin ice", "a < b and c <thin ice"),
     ("ends with a partial tag <|im_", "ends with a partial tag <|im_"),
+    # Anyone's `Name:` turn, not only a participant's; not labels or lower-case words.
+    ("Dave: I disagree.", ""),
+    ("Espresso.\nDave: I disagree.", "Espresso."),
+    ("Espresso.\n**Dave Smith:** Tea!", "Espresso."),
+    ("Espresso.\nAlicegate: a scandal.", "Espresso."),
+    ("Note: bring bread.", "Note: bring bread."),
+    ("Espresso.\nStep 1: grind the beans.", "Espresso.\nStep 1: grind the beans."),
+    ("Espresso.\nFun fact: it is strong.", "Espresso.\nFun fact: it is strong."),
+    ("I agree: espresso.", "I agree: espresso."),
+    ("Espresso.\nThe verdict: espresso.", "Espresso.\nThe verdict: espresso."),
+    ("Espresso.\nIngredients:\n- beans", "Espresso.\nIngredients:\n- beans"),
+    ("Espresso.\nAlice: and more.", "Espresso.\nAlice: and more."),
+    # Role words left by template markers, and roles as speakers.
+    ("model\nmodel\n\n\nWhat is bread?", "What is bread?"),
+    (
+        "<start_of_turn>model\n<start_of_turn>model\n<end_of_turn>\n\nWhat is bread?",
+        "What is bread?",
+    ),
+    ("<|im_start|>assistant\nEspresso.", "Espresso."),
+    ("<|start_header_id|>assistant<|end_header_id|>\n\nEspresso.", "Espresso."),
+    ("Espresso.<|im_end|><|im_start|>user\nAnd tea?", "Espresso."),
+    ("Espresso.<end_of_turn>\n<start_of_turn>user\nAnd tea?", "Espresso."),
+    ("Espresso.\nuser\nAnd tea?", "Espresso."),
+    ("Assistant: Espresso.", "Espresso."),
+    ("**Model:** Espresso.", "Espresso."),
+    ("User: And tea?", ""),
+    ("Espresso.\nHuman: And tea?", "Espresso."),
+    ("Users love espresso.", "Users love espresso."),
+    ("model trains run on time.", "model trains run on time."),
     ("Al", "Al"),
     ("Alice", "Alice"),
     ("Alice:", ""),
@@ -92,7 +131,14 @@ def test_flags_report_what_was_repaired() -> None:
         "reasoning": "",
         "cut": False,
         "stripped_prefix": False,
+        "live": "Hi",
+        "role_lines": 0,
+        "recited": [],
+        "repeated_sentences": 0,
+        "trimmed": "",
     }
+    assert clean("model\nuser\nHi").role_lines == 2
+    assert clean("model\nAlice: Hi\nDave: yo").rules == ["role_lines", "own_prefix", "speaker_cut"]
 
 
 def test_reply_starting_as_someone_else_is_empty_and_cut() -> None:
@@ -110,15 +156,22 @@ def test_own_name_listed_among_others_is_still_only_stripped() -> None:
 
 
 def test_names_with_regex_characters_are_literal() -> None:
-    reply = clean_reply("Hi\nB.b: yo\nBob+: x", own_name="A", other_names=["Bob+"])
+    reply = clean_reply("Hi\nb.b: yo\nbob+: x", own_name="A", other_names=["Bob+"])
 
-    assert reply.content == "Hi\nB.b: yo"
+    assert reply.content == "Hi\nb.b: yo"
 
 
-def test_without_other_names_only_the_own_prefix_is_handled() -> None:
-    reply = clean_reply("Alice: Hi\nBob: yo", own_name="Alice", other_names=[])
+def test_without_other_names_an_unlisted_speaker_is_still_cut() -> None:
+    reply = clean_reply("Alice: Hi\nBob: yo\nbob: yo", own_name="Alice", other_names=[])
 
-    assert reply.content == "Hi\nBob: yo"
+    assert reply.content == "Hi"
+    assert (reply.stripped_prefix, reply.cut) == (True, True)
+
+
+def test_an_unlisted_lower_case_name_is_not_a_speaker() -> None:
+    reply = clean_reply("Hi\nbob: yo", own_name="Alice", other_names=[])
+
+    assert reply.content == "Hi\nbob: yo"
 
 
 def stream(raw: str, cuts: list[int]) -> str:
@@ -147,7 +200,7 @@ def test_streaming_golden_replies_in_random_chunks_matches_clean_reply(
     raw, _ = data.draw(st.sampled_from(GOLDEN))
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=len(raw)))
 
-    assert stream(raw, cuts) == clean(raw).content
+    assert stream(raw, cuts) == clean(raw).live
 
 
 # Pieces that combine into prefixes, impersonations, tags split across chunks and
@@ -181,6 +234,19 @@ PIECES = [
     "</s>",
     "<",
     "<|end|>",
+    "Dave",
+    "Note",
+    "Tea",
+    "Fun fact",
+    "model",
+    "user",
+    "Assistant",
+    "<|im_start|>",
+    "<start_of_turn>",
+    "R2",
+    "1",
+    ",",
+    "'",
 ]
 
 
@@ -194,7 +260,7 @@ def test_streaming_any_reply_in_any_chunks_matches_clean_reply(
     raw = "".join(pieces)
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=len(raw)))
 
-    assert stream(raw, cuts) == clean(raw).content
+    assert stream(raw, cuts) == clean(raw).live
 
 
 def test_stream_holds_back_a_possible_impersonation_until_it_is_decided() -> None:
@@ -222,7 +288,8 @@ def test_stream_hides_think_text_and_own_prefix() -> None:
 
     shown = [cleaner.feed(delta) for delta in ["<thi", "nk>hmm</th", "ink>Ali", "ce: Hi", "!"]]
 
-    assert shown == ["", "", "", "Hi", "!"]
+    # "Hi" could still become a speaker's name ("Hi Bob: ...") until "!" rules it out.
+    assert shown == ["", "", "", "", "Hi!"]
     assert cleaner.finish() == ""
 
 
@@ -231,3 +298,138 @@ def test_stray_closing_think_cannot_be_taken_back_when_streaming() -> None:
 
     assert clean(raw).content == "Espresso."
     assert stream(raw, [5]) == "reasoningEspresso."
+
+
+# --- whole-reply rules --------------------------------------------------------------------------
+
+# The system messages of a three-bot session, as engine.prompts writes them.
+PROMPTS = (
+    "Three neighbours chat about their weekend. Reply in one or two short sentences.\n\n"
+    "You are Alice. Reply as Alice only, in your own voice, without a name prefix.\n\n"
+    "You are Alice, a cheerful baker who loves bread and mornings.",
+    "Three neighbours chat about their weekend. Reply in one or two short sentences.\n\n"
+    "You are Bob. Reply as Bob only, in your own voice, without a name prefix.\n\n"
+    "You are Bob, a fisherman who prefers the sea to small talk.",
+)
+RECITALS = recitals_of(PROMPTS, similarity=0.8, min_words=3)
+
+
+def clean_with(raw: str, *, cut_short: bool = False) -> CleanReply:
+    return clean_reply(
+        raw, own_name="Bob", other_names=["Alice"], recitals=RECITALS, cut_short=cut_short
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # The llama2 run of issue 21: Bob's reply opened with Alice's identity line.
+        (
+            "You are Alice. Reply as Alice only, in your own voice, without a name prefix.\n"
+            "The sea was calm this morning.",
+            "The sea was calm this morning.",
+        ),
+        # A persona line, the bot's own or another's, nearly word for word.
+        (
+            "I am Bob, a fisherman who prefers the sea to small talk.\nNets to mend.",
+            "Nets to mend.",
+        ),
+        (
+            "You are Alice, a cheerful baker who loves bread.\nBob: Bread again?",
+            "Bread again?",
+        ),
+        ("Reply in one or two short sentences.\n\nYou are Bob.\nFish!", "Fish!"),
+        # Only leading lines, and only near-copies.
+        ("Fish!\nYou are Alice.", "Fish!\nYou are Alice."),
+        ("You are right, Alice.\nFish!", "You are right, Alice.\nFish!"),
+        ("I love the sea and small boats.", "I love the sea and small boats."),
+        ("You are Alice.", ""),
+    ],
+)
+def test_a_leading_line_reciting_a_system_prompt_is_dropped(raw: str, expected: str) -> None:
+    reply = clean_with(raw)
+    assert reply.content == expected
+    assert bool(reply.recited) == (expected != raw)
+
+
+def test_recitals_are_kept_for_debug_and_not_in_the_live_text_rules() -> None:
+    reply = clean_with("You are Bob.\nFish!")
+    assert reply.recited == ["You are Bob."]
+    assert reply.live == "You are Bob.\nFish!"
+    assert reply.rules == ["recital"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected", "removed"),
+    [
+        (
+            "You've done it all. You've done it all. You've done it all. You've done it all.",
+            "You've done it all.",
+            3,
+        ),
+        ("Fish! Fish! Fish?", "Fish!", 2),
+        ("Nice day. The sea is calm. nice day!", "Nice day. The sea is calm.", 1),
+        ("Line one.\nLine two.\nLine one.", "Line one.\nLine two.", 1),
+        ("A calm sea. A calm sea is rare.", "A calm sea. A calm sea is rare.", 0),
+        ("No punctuation here", "No punctuation here", 0),
+    ],
+)
+def test_a_sentence_repeated_in_one_reply_is_kept_once(
+    raw: str, expected: str, removed: int
+) -> None:
+    assert collapse_repeats(raw) == (expected if removed else raw, removed)
+    assert clean_with(raw).content == expected
+    assert clean_with(raw).repeated_sentences == removed
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected", "trimmed"),
+    [
+        ("The sea is calm. We could sail to the", "The sea is calm.", "We could sail to the"),
+        ('She said "go!" and then we', 'She said "go!"', "and then we"),
+        ("Fish? Yes. Maybe tomorrow we", "Fish? Yes.", "Maybe tomorrow we"),
+        ("No sentence end at all", "No sentence end at all", ""),
+        ("Ends well.", "Ends well.", ""),
+        ("Version 2.5 is out and", "Version 2.5 is out and", ""),
+    ],
+)
+def test_a_reply_cut_by_max_tokens_ends_at_its_last_whole_sentence(
+    raw: str, expected: str, trimmed: str
+) -> None:
+    reply = clean_with(raw, cut_short=True)
+    assert (reply.content, reply.trimmed) == (expected, trimmed)
+    assert clean_with(raw).content == raw  # only replies the backend cut short
+
+
+def test_a_reply_cut_at_another_speaker_is_not_trimmed_further() -> None:
+    reply = clean_with("The sea is calm. We could\nAlice: Bread!", cut_short=True)
+    assert (reply.content, reply.trimmed) == ("The sea is calm. We could", "")
+
+
+def message(turn: int, speaker: str, content: str) -> Message:
+    return Message(turn=turn, kind="bot", speaker=speaker, content=content, ts=NOW, tokens=1)
+
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+RECENT = [
+    message(1, "Alice", "You've done it all."),
+    message(2, "Bob", "The sea was calm this morning, perfect for fishing."),
+    message(3, "Carol", "What will you all do on Sunday?"),
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "turn"),
+    [
+        ("You've done it all.", 1),
+        ("you've done it all!", 1),
+        ("The sea was calm this morning, so perfect for fishing.", 2),
+        ("What will you all do on Sunday?", 3),
+        ("What will you do on Saturday, Carol?", None),
+        ("The sea was rough.", None),
+        ("", None),
+    ],
+)
+def test_a_reply_repeating_a_recent_message_is_found(content: str, turn: int | None) -> None:
+    found = find_repeat(content, RECENT, 0.9)
+    assert (found.turn if found else None) == turn

@@ -185,3 +185,52 @@ def test_fault_specs_parse(text: str, fault: Fault, rate: float) -> None:
 def test_bad_fault_specs_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FaultRate.parse(text)
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "action": {"type": "string", "enum": ["select_speaker", "hold"]},
+        "bot_name": {"type": "string", "enum": ["Ann", "Ben"]},
+        "reason": {"type": "string"},
+    },
+    "required": ["action", "bot_name", "reason"],
+}
+WAYS = {
+    "json_schema": {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "d", "schema": SCHEMA}}
+    },
+    "json_object": {"response_format": {"type": "json_object", "schema": SCHEMA}},
+    "format": {"format": SCHEMA},
+}
+
+
+@pytest.mark.parametrize("way", sorted(WAYS))
+def test_structured_output_answers_json_fitting_the_schema_in_every_way(way: str) -> None:
+    book = ReplyBook(seed=0, faults=[], retry_after="1")
+    request = recorded("You are Ann.", "Ben: hi", **WAYS[way])
+
+    answers = [json.loads(book.plan(request, None).content) for _ in range(3)]
+
+    assert answers == [
+        {"action": "select_speaker", "bot_name": name, "reason": "mock"}
+        for name in ("Ann", "Ben", "Ann")
+    ]
+
+
+def test_a_way_the_mock_does_not_honour_is_ignored() -> None:
+    book = ReplyBook(seed=0, faults=[], retry_after="1", structured_output=frozenset({"format"}))
+    request = recorded("You are Ann.", "Ben: hi", **WAYS["json_schema"])
+
+    assert book.plan(request, None).content == "Ann answers Ben: hi"
+
+
+def test_structured_ignored_strikes_only_requests_asking_for_a_schema() -> None:
+    faults = [FaultRate(fault=Fault.STRUCTURED_IGNORED)]
+    book = ReplyBook(seed=0, faults=faults, retry_after="1")
+
+    asked = book.plan(recorded("You are Ann.", "Ben: hi", **WAYS["json_object"]), None)
+    plain = book.plan(recorded("You are Ann.", "Ben: hi"), None)
+
+    assert (asked.fault, asked.content) == (Fault.STRUCTURED_IGNORED, "Ann answers Ben: hi")
+    assert plain.fault is None

@@ -55,6 +55,8 @@ class Client:
                 assert frame.seq > self.seen[-1], (self.seen[-1], frame.seq)
             self.seen.append(frame.seq)
             self.views[frame.seq] = dict(self.view)
+        if self.sub.closed:
+            self.sub = None  # told to reconnect (its missed events were trimmed meanwhile)
 
 
 class ModelServer:
@@ -193,10 +195,13 @@ async def check_scenario(server: ModelServer, operations: list[tuple[str, int]])
     stored = {m.turn: m.content for m in await server.store.load_messages(SESSION)}
     assert stored == {m.turn: m.content for m in server.history}
     for client in clients:
-        if client.sub is None:
-            connect(server, client, client.seen[-1] if client.seen else None)
-        await server.hub.flushed()
-        client.read()
+        while True:  # as an app would: read, and reconnect whenever the stream is closed
+            if client.sub is None:
+                connect(server, client, client.seen[-1] if client.seen else None)
+            await server.hub.flushed()
+            client.read()
+            if client.sub is not None:
+                break
         assert client.view == stored
 
 

@@ -51,11 +51,18 @@ class Fault(StrEnum):
     """No tool call; the call written as JSON in the reply text."""
     TOOL_GARBAGE = "tool_garbage"
     """A `select_speaker` call with unparseable arguments and text naming nobody."""
+    STRUCTURED_IGNORED = "structured_ignored"
+    """Ignore `response_format` / `format`: answer as if no JSON schema had been asked for."""
 
     @property
     def needs_tools(self) -> bool:
         """Whether the fault only makes sense for a request that offers tools."""
         return self.value.startswith("tool_")
+
+    @property
+    def needs_schema(self) -> bool:
+        """Whether the fault only makes sense for a request that asks for a JSON schema."""
+        return self is Fault.STRUCTURED_IGNORED
 
 
 class FaultRate(BaseModel):
@@ -142,6 +149,16 @@ class RecordedRequest(BaseModel):
     temperature: float | None = Field(None, description="Sampling temperature, if sent.")
     max_tokens: int | None = Field(
         None, description="max_tokens or max_completion_tokens, if sent."
+    )
+    top_p: float | None = Field(None, description="top_p, if sent.")
+    frequency_penalty: float | None = Field(None, description="frequency_penalty, if sent.")
+    presence_penalty: float | None = Field(None, description="presence_penalty, if sent.")
+    seed: int | None = Field(None, description="seed, if sent.")
+    response_format: dict[str, Any] | None = Field(
+        None, description="response_format, if sent (JSON schema or JSON mode)."
+    )
+    format: dict[str, Any] | str | None = Field(
+        None, description="Ollama's `format` (a JSON schema or 'json'), if sent."
     )
 
     @property

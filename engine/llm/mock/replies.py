@@ -25,6 +25,15 @@ name, the next one the second, and so on (one cycle per distinct roster, kept un
 `reset()`). Other named or required tools are called with arguments made from their
 schema (first enum value, "mock" for strings, 0 for numbers, false for booleans).
 
+When the request asks for structured output, a JSON schema in `response_format`
+(`{"type": "json_schema", "json_schema": {"schema": ...}}`, or `{"type":
+"json_object", "schema": ...}`) or in Ollama's `format`, and the mock honours that
+kind (all three by default, see `MockLLM(structured_output=...)`), the default is JSON
+text that fits the schema: a `bot_name` enum takes the next roster name (the same
+cycle as `select_speaker`), another enum its first value, `action` `select_speaker`
+when allowed, strings "mock". A kind the mock does not honour is ignored, as
+llama-cpp-python ignores `json_schema`.
+
 The default reply honours `stop` sequences like a real server (cut at the first one),
 except under the `impersonate` fault, which plays a server that ignores them; scripted
 `content` is sent verbatim (text faults such as `think` still wrap it). Usage counts
@@ -43,6 +52,10 @@ from engine.llm.mock.models import Fault, FaultRate, MockReply, RecordedRequest
 from engine.llm.types import ToolCall, ToolDefinition, Usage
 
 SELECT_SPEAKER: Final = "select_speaker"
+BOT_NAME: Final = "bot_name"
+ACTION: Final = "action"
+STRUCTURED_KINDS: Final = frozenset({"json_schema", "json_object", "format"})
+"""Ways a request can ask for a JSON schema: response_format's two types, Ollama's field."""
 ECHO_WORDS: Final = 8
 """Words of the last message echoed in the default reply."""
 NAME_FALLBACK_WORDS: Final = 3
@@ -104,6 +117,26 @@ def default_text(request: RecordedRequest) -> str:
     return f"{bot_name(request)} answers {speaker}: {words}".rstrip()
 
 
+def requested_schema(request: RecordedRequest) -> tuple[str, dict[str, Any]] | None:
+    """`(kind, schema)` when the request asks for structured output, else None.
+
+    Kinds: `json_schema` and `json_object` (response_format types), `format` (Ollama).
+    """
+    response_format = request.response_format
+    if isinstance(response_format, dict):
+        kind = response_format.get("type")
+        if kind == "json_schema":
+            inner = response_format.get("json_schema")
+            schema = inner.get("schema") if isinstance(inner, dict) else None
+            if isinstance(schema, dict):
+                return "json_schema", schema
+        if kind == "json_object" and isinstance(response_format.get("schema"), dict):
+            return "json_object", response_format["schema"]
+    if isinstance(request.format, dict):
+        return "format", request.format
+    return None
+
+
 def tokenize(text: str, chunk_chars: int | None = None) -> list[str]:
     """Split text into stream pieces: words with their trailing space, or fixed-size chunks."""
     if not text:
@@ -121,10 +154,18 @@ def word_count(request: RecordedRequest) -> int:
 class ReplyBook:
     """The mock's memory: speaker cycles per roster, call ids, and the fault RNG."""
 
-    def __init__(self, *, seed: int, faults: list[FaultRate], retry_after: str) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        faults: list[FaultRate],
+        retry_after: str,
+        structured_output: frozenset[str] = STRUCTURED_KINDS,
+    ) -> None:
         self._rng = random.Random(seed)
         self.faults = faults
         self._retry_after = retry_after
+        self.structured_output = structured_output
         self._cycles: dict[tuple[str, ...], int] = {}
         self._calls = 0
 
@@ -164,7 +205,9 @@ class ReplyBook:
         for entry in self.faults:
             # Roll every entry every time so that outcomes depend only on seed and order.
             hit = self._rng.random() < entry.rate
-            applicable = bool(request.tools) or not entry.fault.needs_tools
+            applicable = (bool(request.tools) or not entry.fault.needs_tools) and (
+                requested_schema(request) is not None or not entry.fault.needs_schema
+            )
             if hit and applicable and chosen is None:
                 chosen = entry.fault
         return chosen
@@ -180,6 +223,9 @@ class ReplyBook:
                 finish_reason="tool_calls" if calls else "stop",
             )
         if reply.content is None:
+            structured = self._structured_plan(request, fault)
+            if structured is not None:
+                return structured
             tool_plan = self._tool_plan(request, fault)
             if tool_plan is not None:
                 return tool_plan
@@ -239,6 +285,33 @@ class ReplyBook:
             plan.content = "~ static on the line ~"
             return plan
         return self._call(target, {key: pick})
+
+    def _structured_plan(self, request: RecordedRequest, fault: Fault | None) -> ReplyPlan | None:
+        asked = requested_schema(request)
+        if asked is None or fault is Fault.STRUCTURED_IGNORED:
+            return None
+        kind, schema = asked
+        if kind not in self.structured_output:
+            return None
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            return ReplyPlan(content="{}")
+        answer: dict[str, Any] = {}
+        for key, item in properties.items():
+            item = item if isinstance(item, dict) else {}
+            choices = item.get("enum")
+            if key == BOT_NAME and isinstance(choices, list) and choices:
+                roster = [str(value) for value in choices]
+                position = self._cycles.get(tuple(roster), -1) + 1
+                self._cycles[tuple(roster)] = position
+                answer[key] = roster[position % len(roster)]
+            elif key == ACTION and isinstance(choices, list) and SELECT_SPEAKER in choices:
+                answer[key] = SELECT_SPEAKER
+            elif isinstance(choices, list) and choices:
+                answer[key] = choices[0]
+            else:
+                answer[key] = _SCHEMA_DEFAULTS.get(item.get("type"), None)
+        return ReplyPlan(content=json.dumps(answer))
 
     def _call(self, name: str, arguments: dict[str, Any]) -> ReplyPlan:
         self._calls += 1

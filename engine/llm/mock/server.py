@@ -23,7 +23,13 @@ import h11
 from pydantic import ValidationError
 
 from engine.llm.mock.models import Fault, FaultRate, MockReply, RecordedRequest
-from engine.llm.mock.replies import ReplyBook, ReplyPlan, tokenize, word_count
+from engine.llm.mock.replies import (
+    STRUCTURED_KINDS,
+    ReplyBook,
+    ReplyPlan,
+    tokenize,
+    word_count,
+)
 from engine.llm.types import ToolCall, Usage
 
 logger = logging.getLogger(__name__)
@@ -57,7 +63,9 @@ class MockLLM:
     Answers come, in order of precedence, from the FIFO script (`enqueue`), the
     handler (`set_handler`), or the default behaviour documented in
     `engine.llm.mock.replies`; faults set with `set_faults` strike at their rate
-    (seeded RNG) on replies that do not name their own fault.
+    (seeded RNG) on replies that do not name their own fault. `structured_output`
+    names the kinds of JSON-schema request it honours (`json_schema`, `json_object`,
+    `format`); the others are ignored like an older server would.
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class MockLLM:
         seed: int = 0,
         retry_after: str = DEFAULT_RETRY_AFTER,
         record: bool = True,
+        structured_output: Iterable[str] = STRUCTURED_KINDS,
     ) -> None:
         self.host = host
         self.port = port
@@ -85,7 +94,16 @@ class MockLLM:
         self._seed = seed
         self._retry_after = retry_after
         self._initial_faults = _fault_list(faults)
-        self._book = ReplyBook(seed=seed, faults=self._initial_faults, retry_after=retry_after)
+        self._initial_structured = self._structured = frozenset(structured_output)
+        unknown = self._structured - STRUCTURED_KINDS
+        if unknown:
+            raise ValueError(f"unknown structured output kinds: {sorted(unknown)}")
+        self._book = ReplyBook(
+            seed=seed,
+            faults=self._initial_faults,
+            retry_after=retry_after,
+            structured_output=self._structured,
+        )
         self._script: deque[MockReply] = deque()
         self._handler: Handler | None = None
         self._server: asyncio.Server | None = None
@@ -158,19 +176,28 @@ class MockLLM:
         """Decide replies with `handler(request)` (sync or async) when the script is empty."""
         self._handler = handler
 
+    def set_structured_output(self, kinds: Iterable[str]) -> None:
+        """Change which kinds of structured-output request are honoured (see the class)."""
+        self._structured = frozenset(kinds)
+        self._book.structured_output = self._structured
+
     def set_faults(self, faults: Iterable[str | FaultRate]) -> None:
         """Replace the random faults, each `MODE` or `MODE:RATE` (rate defaults to 1)."""
         self._book.faults = _fault_list(faults)
 
     def reset(self) -> None:
         """Forget requests, script, handler and speaker cycles; restore the initial faults
-        and reseed the RNG."""
+        and structured-output kinds, and reseed the RNG."""
+        self._structured = self._initial_structured
         self.requests.clear()
         self._script.clear()
         self._handler = None
         self._count = 0
         self._book = ReplyBook(
-            seed=self._seed, faults=list(self._initial_faults), retry_after=self._retry_after
+            seed=self._seed,
+            faults=list(self._initial_faults),
+            retry_after=self._retry_after,
+            structured_output=self._structured,
         )
 
     # --- connections ---------------------------------------------------------------------
@@ -563,6 +590,12 @@ def _parse_chat(
             stop=_stop_list(data.get("stop")),
             temperature=data.get("temperature"),
             max_tokens=max_tokens,
+            top_p=data.get("top_p"),
+            frequency_penalty=data.get("frequency_penalty"),
+            presence_penalty=data.get("presence_penalty"),
+            seed=data.get("seed"),
+            response_format=data.get("response_format"),
+            format=data.get("format"),
         )
     except ValidationError as exc:
         first = exc.errors()[0]

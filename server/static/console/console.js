@@ -783,6 +783,8 @@
       case "error":
         if (event.turn != null) noteTurnError(event.turn, event.message);
         else setNotice(`Error: ${event.message}`, "error");
+        // A backend problem found while running is also kept among the warnings.
+        if (event.code === "backend_template_mismatch") refreshStatusSoon();
         break;
       case "member_joined":
       case "member_left":

@@ -1,0 +1,94 @@
+"""Noticing a backend whose chat template does not fit, and saying so once.
+
+A misconfigured template fails silently: llama.cpp's `llama-server --jinja
+--chat-template gemma` takes the word "gemma" as the whole template, so the model sees
+almost nothing of the prompt (it reports `prompt_tokens` of 3 against Fellowship's
+estimate of hundreds) and answers at random; a layout the model never learnt
+(`mistral-v1` for a ChatML model) makes every reply come back empty. Either way the
+conversation fills with noise or tombstones and nobody is told why.
+
+`TemplateWatch` follows one session's bot calls. When `TEMPLATE_CHECK_CALLS` calls in a
+row report a prompt below `TEMPLATE_CHECK_RATIO` of the local estimate, or
+`TEMPLATE_CHECK_EMPTY_REPLIES` replies in a row are empty after cleaning, it emits one
+`error` event with code `backend_template_mismatch` saying what was seen and what to
+try, logs it, and adds it to the session's warnings (shown by status and the console).
+It reports once per session; the prompt check stops once as many calls in a row looked
+right, since a template does not change during a session.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from engine.errors import BackendTemplateMismatch
+from engine.events import ErrorEvent
+from engine.llm.types import ChatRequest, Usage
+from engine.session import Session
+
+TEMPLATE_MISMATCH: Final = BackendTemplateMismatch.code
+
+_PROMPT_ADVICE: Final = (
+    "its chat template probably leaves most of the prompt out. With llama.cpp, a template "
+    "name given with --jinja is read as the template itself: use --jinja alone (the "
+    "model's own template) or a built-in name without --jinja (--chat-template NAME), "
+    "or another template."
+)
+_EMPTY_ADVICE: Final = (
+    "the backend's chat template probably does not fit the model, which then ends its "
+    "turn at once. Try the model's own template (llama.cpp: --jinja) or another "
+    "--chat-template."
+)
+
+
+class TemplateWatch:
+    """Watches one session's bot calls for signs of a broken chat template."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.reported = False
+        self._short_prompts = 0
+        self._healthy_prompts = 0
+        self._empty_replies = 0
+
+    def observe_call(self, request: ChatRequest, usage: Usage | None) -> None:
+        """Compare the backend's prompt count of one bot call with the local estimate."""
+        settings = self._session.deps.settings
+        if self.reported or usage is None or usage.prompt_tokens <= 0:
+            return
+        if self._healthy_prompts >= settings.template_check_calls:
+            return
+        estimate = self._session.deps.counter.count_chat(request.messages)
+        if usage.prompt_tokens >= settings.template_check_ratio * estimate:
+            self._short_prompts = 0
+            self._healthy_prompts += 1
+            return
+        if estimate < settings.template_check_min_prompt_tokens:
+            return  # too small a prompt to call its count too short
+        self._healthy_prompts = 0
+        self._short_prompts += 1
+        if self._short_prompts >= settings.template_check_calls:
+            self._report(
+                f"The backend counted {usage.prompt_tokens} prompt tokens where Fellowship "
+                f"estimates {estimate}, on {self._short_prompts} calls in a row: " + _PROMPT_ADVICE
+            )
+
+    def observe_reply(self, *, empty: bool) -> None:
+        """Count replies that were empty after cleaning, in a row."""
+        if self.reported:
+            return
+        if not empty:
+            self._empty_replies = 0
+            return
+        self._empty_replies += 1
+        if self._empty_replies >= self._session.deps.settings.template_check_empty_replies:
+            self._report(
+                f"{self._empty_replies} replies in a row were empty after cleaning: "
+                + _EMPTY_ADVICE
+            )
+
+    def _report(self, message: str) -> None:
+        session = self._session
+        self.reported = True
+        session.log.warning("%s: %s", TEMPLATE_MISMATCH, message)
+        session.record.warnings.append(f"{TEMPLATE_MISMATCH}: {message}")
+        session.emit(ErrorEvent(message=message, code=TEMPLATE_MISMATCH))
