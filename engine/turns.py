@@ -29,6 +29,7 @@ class TurnOutcome:
     usage: Usage | None = None
     error: FellowshipError | None = None
     shown: bool = False  # whether `token` events of this attempt reached members
+    reported: bool = False  # whether members were already told of `error` (an outage)
 
     @property
     def ok(self) -> bool:

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from engine.backend_status import BackendStatus
 from engine.history import Message
 from engine.spec.library import LibraryEntry
 
@@ -44,6 +45,9 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = Field(description="Always `ok` when the server answers at all.")
     version: str = Field(description="Fellowship version.")
     live_sessions: int = Field(description="Sessions that have not ended.")
+    backend: BackendStatus = Field(
+        description="The default LLM backend: which one, its model, whether it answers."
+    )
 
 
 class HistoryResponse(BaseModel):

@@ -66,12 +66,21 @@ def api_version() -> str:
 async def healthz() -> Response:
     """Health check.
 
-    Answers 200 with `status: ok` while the server runs; also reports the version and
-    how many sessions are live. Never touches the LLM backend.
+    Answers 200 with `status: ok` while the server runs; also reports the version, how
+    many sessions are live, and the default LLM backend: its kind (`embedded`, `mock`,
+    `external`), address, model, state (`building`, `starting`, `ready`, `unreachable`,
+    ...) and whether it answered its last check, with build progress while the embedded
+    backend is being built. The backend is checked in the background (every
+    BACKEND_PROBE_SECONDS, or by the embedded backend's supervisor), never by this call.
     """
-    manager = current_state().manager
+    state = current_state()
     return json_response(
-        HealthResponse(status="ok", version=api_version(), live_sessions=manager.live_sessions())
+        HealthResponse(
+            status="ok",
+            version=api_version(),
+            live_sessions=state.manager.live_sessions(),
+            backend=state.backend.snapshot(),
+        )
     )
 
 
@@ -109,7 +118,9 @@ async def create_session() -> Response:
     removed, and `warnings` (unknown keys, options not built yet). Errors: 400 malformed
     document (with line and column), 404 unknown library name, 413 larger than
     MAX_SPEC_BYTES, 422 invalid spec (every problem with its path in `details`), 429
-    too many sessions.
+    too many sessions, 503 `backend_starting` while the embedded backend is still being
+    built or started (for a spec that uses the default backend), 503 `backend_failed` if
+    it could not be built.
     """
     state = current_state()
     settings = state.settings
@@ -125,6 +136,10 @@ async def create_session() -> Response:
     else:
         result = load_spec(body, content_type=content_type, settings=settings)
     spec = result.raise_for_errors()
+    if spec.llm is None or spec.llm.base_url is None:
+        refusal = state.backend.refusal()
+        if refusal is not None:
+            raise refusal
     created = await state.manager.create(spec, [str(w) for w in result.warnings])
     return json_response(created, 201)
 

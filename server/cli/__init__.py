@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 from engine.config import ConfigError
 
-from . import diagrams, mock_llm, run, schema, serve, validate
+from . import backend, diagrams, mock_llm, run, schema, serve, validate
 
-COMMANDS = (serve, run, validate, schema, diagrams, mock_llm)
+COMMANDS = (serve, run, validate, schema, diagrams, mock_llm, backend)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,10 @@ name, the next one the second, and so on (one cycle per distinct roster, kept un
 `reset()`). Other named or required tools are called with arguments made from their
 schema (first enum value, "mock" for strings, 0 for numbers, false for booleans).
 
+`ReplyBook(style="chat")` (what `fellowship serve --mock` uses) replaces the default text
+reply with a conversational one, put together from sentence patterns: see
+`engine.llm.mock.chat`. Everything else (tools, faults, scripts) is the same.
+
 The default reply honours `stop` sequences like a real server (cut at the first one),
 except under the `impersonate` fault, which plays a server that ignores them; scripted
 `content` is sent verbatim (text faults such as `think` still wrap it). Usage counts
@@ -37,8 +41,9 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+from engine.llm.mock.chat import chat_text
 from engine.llm.mock.models import Fault, FaultRate, MockReply, RecordedRequest
 from engine.llm.types import ToolCall, ToolDefinition, Usage
 
@@ -52,6 +57,10 @@ MAX_NAME_CHARS: Final = 64
 NOBODY: Final = "nobody"
 SOMEONE: Final = "Someone"
 """Name used for 'another participant' when the conversation names none."""
+
+ReplyStyle = Literal["echo", "chat"]
+"""`echo`: the documented `<Name> answers <LastSpeaker>: ...` (tests rely on it);
+`chat`: conversational replies for demos."""
 
 _YOU_ARE = re.compile(r"^[ \t]*You are (\S[^\n]*?)\.(?=\s|$)", re.MULTILINE)
 _SPEAKER_LINE = re.compile(rf"^([^:\n]{{1,{MAX_NAME_CHARS}}}):[ \t](.*)$")
@@ -121,8 +130,16 @@ def word_count(request: RecordedRequest) -> int:
 class ReplyBook:
     """The mock's memory: speaker cycles per roster, call ids, and the fault RNG."""
 
-    def __init__(self, *, seed: int, faults: list[FaultRate], retry_after: str) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        faults: list[FaultRate],
+        retry_after: str,
+        style: ReplyStyle = "echo",
+    ) -> None:
         self._rng = random.Random(seed)
+        self.style: ReplyStyle = style
         self.faults = faults
         self._retry_after = retry_after
         self._cycles: dict[tuple[str, ...], int] = {}
@@ -191,7 +208,7 @@ class ReplyBook:
         name = bot_name(request)
         speaker, _ = last_speaker(request)
         other = speaker if speaker not in (NOBODY, name) else SOMEONE
-        text = default_text(request) if scripted is None else scripted
+        text = self._default_text(request) if scripted is None else scripted
         reasoning = ""
         if fault is Fault.IMPERSONATE:
             # Plays a server that ignores stop sequences: no cut here.
@@ -207,6 +224,12 @@ class ReplyBook:
         if scripted is not None:
             return ReplyPlan(content=text, reasoning=reasoning)  # scripts are sent verbatim
         return ReplyPlan(content=_apply_stop(text, request.stop), reasoning=reasoning)
+
+    def _default_text(self, request: RecordedRequest) -> str:
+        if self.style == "echo":
+            return default_text(request)
+        speaker, said = last_speaker(request)
+        return chat_text(request, bot_name(request), None if speaker == NOBODY else speaker, said)
 
     def _tool_plan(self, request: RecordedRequest, fault: Fault | None) -> ReplyPlan | None:
         tools = {tool.function.name: tool for tool in request.tools}

@@ -23,7 +23,7 @@ import h11
 from pydantic import ValidationError
 
 from engine.llm.mock.models import Fault, FaultRate, MockReply, RecordedRequest
-from engine.llm.mock.replies import ReplyBook, ReplyPlan, tokenize, word_count
+from engine.llm.mock.replies import ReplyBook, ReplyPlan, ReplyStyle, tokenize, word_count
 from engine.llm.types import ToolCall, Usage
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class MockLLM:
         seed: int = 0,
         retry_after: str = DEFAULT_RETRY_AFTER,
         record: bool = True,
+        replies: ReplyStyle = "echo",
     ) -> None:
         self.host = host
         self.port = port
@@ -85,7 +86,10 @@ class MockLLM:
         self._seed = seed
         self._retry_after = retry_after
         self._initial_faults = _fault_list(faults)
-        self._book = ReplyBook(seed=seed, faults=self._initial_faults, retry_after=retry_after)
+        self._replies: ReplyStyle = replies
+        self._book = ReplyBook(
+            seed=seed, faults=self._initial_faults, retry_after=retry_after, style=replies
+        )
         self._script: deque[MockReply] = deque()
         self._handler: Handler | None = None
         self._server: asyncio.Server | None = None
@@ -170,7 +174,10 @@ class MockLLM:
         self._handler = None
         self._count = 0
         self._book = ReplyBook(
-            seed=self._seed, faults=list(self._initial_faults), retry_after=self._retry_after
+            seed=self._seed,
+            faults=list(self._initial_faults),
+            retry_after=self._retry_after,
+            style=self._replies,
         )
 
     # --- connections ---------------------------------------------------------------------
