@@ -98,6 +98,7 @@ class BackendBoard:
         self._build_started: float | None = None
         self._ever_ready = state == "ready"
         self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
 
     @property
     def ever_ready(self) -> bool:
@@ -134,6 +135,14 @@ class BackendBoard:
         if state == "ready":
             self._ever_ready = True
         self._status = self._status.model_copy(update=changes)
+        self._changed.set()
+
+    async def settled(self) -> BackendStatus:
+        """Wait until the backend is `ready` or `failed` (it may be already); its status."""
+        while self._status.state not in ("ready", "failed"):
+            self._changed.clear()
+            await self._changed.wait()
+        return self.snapshot()
 
     def building(self, progress: BuildProgress) -> None:
         """Record the build's progress (state `building`)."""
