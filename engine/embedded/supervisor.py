@@ -137,7 +137,6 @@ class Supervisor:
 
     # --- one life of the child --------------------------------------------------------------
     async def _spawn(self) -> asyncio.subprocess.Process | None:
-        self._report("starting", f"starting {self.name}", False)
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.command,
@@ -155,6 +154,7 @@ class Supervisor:
         self._process = process
         self.starts += 1
         self._log.info("started %s (pid %d): %s", self.name, process.pid, " ".join(self.command))
+        self._report("starting", f"{self.name} is starting (pid {process.pid})", False)
         reader = asyncio.create_task(self._copy_output(process), name=f"{self.name}-output")
         self._readers.add(reader)  # held until done: a task nobody holds may be collected
         reader.add_done_callback(self._readers.discard)
@@ -170,7 +170,7 @@ class Supervisor:
             deadline = self._clock() + timings.start_timeout
             while not await self._healthy(http):
                 if await _exited_within(exited, timings.health_interval):
-                    return f"exited with status {process.returncode} while starting"
+                    return f"{_ended(process.returncode)} while starting"
                 if self._clock() >= deadline:
                     return f"did not answer within {timings.start_timeout:g} s of starting"
             self._log.info("%s answers at %s", self.name, self.health_url)
@@ -188,7 +188,7 @@ class Supervisor:
                     self._report("unreachable", f"{self.name} does not answer", False)
                 elif now - silent_since >= timings.start_timeout:
                     return f"stopped answering for {timings.start_timeout:g} s"
-            return f"exited with status {process.returncode}"
+            return _ended(process.returncode)
         finally:
             exited.cancel()
 
@@ -222,6 +222,16 @@ class Supervisor:
 
     def _report(self, state: ChildState, detail: str, answers: bool) -> None:
         self._on_state(state, detail, answers)
+
+
+def _ended(returncode: int | None) -> str:
+    """How a child ended, in words: its exit status, or the signal that killed it."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            pass
+    return f"exited with status {returncode}"
 
 
 async def _exited_within(exited: asyncio.Task[int], seconds: float) -> bool:
