@@ -46,8 +46,9 @@ def render(progress: BuildProgress, elapsed: float, *, bar_width: int = BAR_WIDT
 class BuildDisplay:
     """Shows build progress on `out`; call it with each `BuildProgress`, then with None."""
 
-    def __init__(self, out: TextIO, *, cache: Path | None = None) -> None:
+    def __init__(self, out: TextIO, *, cache: Path | None = None, note: str = "") -> None:
         self._out = out
+        self._note = note
         self._tty = out.isatty()
         self._cache = cache
         self._progress: BuildProgress | None = None
@@ -72,10 +73,10 @@ class BuildDisplay:
     def _begin(self, progress: BuildProgress) -> None:
         self._started = time.monotonic() - progress.elapsed_seconds
         where = f" into {self._cache}" if self._cache is not None else ""
+        note = f" {self._note}" if self._note else ""
         self._out.write(
-            "First start: building llama.cpp's llama-server from source" + where + ". "
-            "This happens once and takes a few minutes (about 5-10 on two cores); the "
-            "console at / shows the progress too.\n"
+            f"Building llama.cpp's llama-server from source{where}. This happens once and "
+            f"takes a few minutes (about 5-10 on two cores).{note}\n"
         )
         self._out.flush()
         if self._tty:

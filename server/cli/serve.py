@@ -38,5 +38,9 @@ def _handle(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = load_settings(**overrides) if overrides else get_settings()
-    display = BuildDisplay(sys.stderr, cache=cache_root(settings))
+    display = BuildDisplay(
+        sys.stderr,
+        cache=cache_root(settings),
+        note="The server is up meanwhile: its console shows the progress too.",
+    )
     return run(settings, mock=args.mock, display=display)

@@ -31,7 +31,7 @@ def test_off_a_terminal_it_prints_a_line_per_step_and_per_tenth() -> None:
         display(progress(5, share))
     display(None)
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("First start: building llama.cpp's llama-server")
+    assert lines[0].startswith("Building llama.cpp's llama-server from source")
     assert [line.split("]")[0] for line in lines[1:]] == ["building llama-server [4/6"] + [
         "building llama-server [5/6"
     ] * 4
