@@ -299,19 +299,19 @@ class Settings(BaseSettings):
     specs_dir: Path = Field(Path("specs"), description="Folder of the named spec library.")
     debug: bool = Field(False, description="Emit debug events for every session.")
 
+    @field_validator("allowed_llm_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
     @field_validator("local_model_path", "fellowship_real_cache", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `NAME=` in .env means "the default", not the current folder.
         if isinstance(value, str) and not value.strip():
             return None
-        return value
-
-    @field_validator("allowed_llm_hosts", "cors_origins", mode="before")
-    @classmethod
-    def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
 

@@ -239,12 +239,14 @@ class SessionLoop:
             else:
                 assert outcome.error is not None
                 message = session.rectifier.fail(slot)
-                events = [TurnEnd(bot=slot.bot, turn=message.turn, tokens=0, status="failed")]
-                if not outcome.reported:
-                    error = outcome.error
-                    events.insert(
-                        0, ErrorEvent(message=error.message, code=error.code, turn=message.turn)
-                    )
+                events = [
+                    ErrorEvent(
+                        message=outcome.error.message, code=outcome.error.code, turn=message.turn
+                    ),
+                    TurnEnd(bot=slot.bot, turn=message.turn, tokens=0, status="failed"),
+                ]
+                if outcome.reported:  # an outage: members were told once already
+                    del events[0]
             return message, events
 
         await self._record(place)

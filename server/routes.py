@@ -113,14 +113,16 @@ async def create_session() -> Response:
     mapping of overrides merged over the library spec (`options` and `llm` key by key,
     other keys replaced).
 
+    A spec that uses the server's default backend is refused with 503 while that backend
+    is the embedded one and has not come up yet: `backend_starting` during its first
+    build or start, `backend_failed` if it could not be built (the message says why).
+
     Answers 201 with the public session `id`, the full-control `token`, the read-only
     `observer_token` (the only time either is shown), the normalized spec with secrets
     removed, and `warnings` (unknown keys, options not built yet). Errors: 400 malformed
     document (with line and column), 404 unknown library name, 413 larger than
     MAX_SPEC_BYTES, 422 invalid spec (every problem with its path in `details`), 429
-    too many sessions, 503 `backend_starting` while the embedded backend is still being
-    built or started (for a spec that uses the default backend), 503 `backend_failed` if
-    it could not be built.
+    too many sessions.
     """
     state = current_state()
     settings = state.settings
