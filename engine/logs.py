@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s session=%(session)s %(message)s"
+FILE_ONLY = {"file_only": True}
+"""`extra=` for lines that belong in the log file but would flood the console
+(the embedded backend's own output, for instance)."""
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 MASK = "***"
 
@@ -55,6 +58,13 @@ class SecretFilter(logging.Filter):
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
+
+
+class ConsoleFilter(logging.Filter):
+    """Keeps lines logged with `extra=FILE_ONLY` off the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
 
 
 class DailyFileHandler(logging.Handler):
@@ -108,7 +118,9 @@ def setup_logging(log_dir: Path, level: str = "INFO", *, api_keys: list[str] | N
             root.removeHandler(handler)
             handler.close()
     formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), DailyFileHandler(log_dir)]
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(ConsoleFilter())
+    handlers: list[logging.Handler] = [console, DailyFileHandler(log_dir)]
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(secret_filter)

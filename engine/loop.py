@@ -6,7 +6,8 @@ sending it an event; the transitions' callbacks reserve slots, emit events and
 end the session. At most one LLM call is in flight per session. The driver never
 dies of an exception: it logs it, emits `error` and goes on, unless the error is
 unrecoverable (storage failure, or internal errors repeating) — then the session
-ends with reason `error`.
+ends with reason `error`. A turn whose backend cannot be reached at all is held, not
+failed, until the backend answers again (see `engine.outage`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from engine.events import (
     SessionResumed,
     StateChanged,
     TalkerMessage,
+    TokenReset,
     TurnEnd,
     TurnStart,
 )
 from engine.history import Message
 from engine.hub import CLOSE_SESSION_ENDED
 from engine.machines import LifecycleMachine, LoopMachine
+from engine.outage import answers, is_outage, outage_notice, retry_delays
 from engine.rectifier import Slot
 from engine.session import Member, Session
 from engine.speakers import Decision, RoundRobin, SpeakerSelector
@@ -182,9 +185,47 @@ class SessionLoop:
         slot = self._slot
         assert slot is not None
         outcome = await run_turn(self.session, slot, self.template_watch)
+        if await is_outage(outcome.error, self.session.backend, self.session.deps.settings):
+            outcome = await self._wait_out_outage(slot, outcome)
         await self._settle(slot, outcome)
         self._after_bot_turn = True
         self.machine.fire("turn_done")
+
+    async def _wait_out_outage(self, slot: Slot, outcome: TurnOutcome) -> TurnOutcome:
+        """The backend is down: say so once, then try the turn again whenever it answers.
+
+        The slot stays reserved meanwhile. A pause gives the turn up (a tombstone, with no
+        second error); ending the session cancels this wait like any other.
+        """
+        session = self.session
+        settings = session.deps.settings
+        assert outcome.error is not None
+        notice = outage_notice(outcome.error, session.backend)
+        session.log.warning("%s", notice.message)
+        session.emit(ErrorEvent(message=notice.message, code=notice.code, turn=slot.turn))
+        delays = retry_delays(settings)
+        while True:
+            if outcome.shown:
+                session.emit(TokenReset(bot=slot.bot, turn=slot.turn))
+            if not await self._sleep_unless_paused(next(delays)):
+                return TurnOutcome(error=notice, reported=True)
+            if not await answers(session.backend, settings):
+                outcome = TurnOutcome(error=outcome.error)
+                continue
+            outcome = await run_turn(session, slot, self.template_watch)
+            if not await is_outage(outcome.error, session.backend, settings):
+                session.log.info("the LLM backend answers again")
+                return outcome
+
+    async def _sleep_unless_paused(self, seconds: float) -> bool:
+        """Wait `seconds`, but return False as soon as the session is paused."""
+        try:
+            async with asyncio.timeout(seconds):
+                while self.lifecycle.state != "paused":
+                    await self._wait_signal()
+        except TimeoutError:
+            return True
+        return False
 
     async def _settle(self, slot: Slot, outcome: TurnOutcome) -> None:
         """Fill the slot with the reply or a tombstone, then broadcast it."""
@@ -208,6 +249,8 @@ class SessionLoop:
                     ),
                     TurnEnd(bot=slot.bot, turn=message.turn, tokens=0, status="failed"),
                 ]
+                if outcome.reported:  # an outage: members were told once already
+                    del events[0]
             return message, events
 
         await self._record(place)

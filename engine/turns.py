@@ -44,6 +44,7 @@ class TurnOutcome:
     error: FellowshipError | None = None
     shown: bool = False  # whether `token` events of this attempt reached members
     repeats: int | None = None  # the recent turn this reply repeats, if it does
+    reported: bool = False  # whether members were already told of `error` (an outage)
 
     @property
     def ok(self) -> bool:

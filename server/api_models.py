@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from engine.backend_status import BackendStatus
 from engine.history import Message
 from engine.spec.library import NAME_PATTERN, LibraryEntry
 from engine.text import NO_CONTROL_CHARS_PATTERN
@@ -45,6 +46,9 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = Field(description="Always `ok` when the server answers at all.")
     version: str = Field(description="Fellowship version.")
     live_sessions: int = Field(description="Sessions that have not ended.")
+    backend: BackendStatus = Field(
+        description="The default LLM backend: which one, its model, whether it answers."
+    )
 
 
 class HistoryResponse(BaseModel):

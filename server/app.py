@@ -16,7 +16,9 @@ from quart import Quart, Response, request, send_from_directory, websocket
 from quart.ctx import has_request_context, has_websocket_context
 from quart_schema import QuartSchema, hide
 
+from engine.backend_status import BackendBoard
 from engine.config import Settings
+from engine.default_backend import external_board
 from engine.manager import SessionManager
 from engine.store.sqlite import SqliteStore
 from server import console, errors, routes, sse, ws
@@ -57,8 +59,17 @@ class FellowshipApp(Quart):
         self.logger.error("unhandled error in %s", where, exc_info=exception_info)
 
 
-def create_app(settings: Settings, *, manager: SessionManager | None = None) -> Quart:
-    """Build the app; the engine starts with the server and stops with it."""
+def create_app(
+    settings: Settings,
+    *,
+    manager: SessionManager | None = None,
+    backend: BackendBoard | None = None,
+) -> Quart:
+    """Build the app; the engine starts with the server and stops with it.
+
+    `backend` reports on the default backend (`engine.default_backend`); without it the
+    app probes LLM_BASE_URL itself.
+    """
     app = FellowshipApp(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_spec_bytes,
@@ -70,6 +81,7 @@ def create_app(settings: Settings, *, manager: SessionManager | None = None) -> 
         settings,
         manager or SessionManager(settings, store=SqliteStore.from_settings(settings)),
         RateLimiter(settings.rate_limit_per_minute),
+        backend or external_board(settings),
     )
     app.extensions[EXTENSION_KEY] = state
     QuartSchema(

@@ -26,7 +26,10 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from quart import Quart
 
+from engine.backend_status import BackendStatus
 from engine.config import Settings
+from engine.default_backend import open_default_backend
+from engine.embedded.backend import DisplayCallback
 from engine.logs import setup_logging
 from server.app import create_app, mask_path
 from server.state import EXTENSION_KEY, ServerState
@@ -100,8 +103,13 @@ async def serve(
     await hypercorn_serve(app, hypercorn_config(settings, sock=sock), shutdown_trigger=trigger)
 
 
-def run(settings: Settings) -> int:
-    """`fellowship serve`: log setup, then serve until SIGINT or SIGTERM."""
+def run(settings: Settings, *, mock: bool = False, display: DisplayCallback | None = None) -> int:
+    """`fellowship serve`: log setup, the default backend, then serve until SIGINT or SIGTERM.
+
+    The default backend (`engine.default_backend`: the mock with `mock`, LLM_BASE_URL's
+    server, or the embedded one, whose build `display` shows) starts first and stops
+    last, after the sessions.
+    """
     # Masked in every log line should one slip in: the default backend's key, and the
     # keys that encrypt the stored ones.
     secrets = [settings.llm_api_key, *settings.secret_key]
@@ -114,7 +122,10 @@ def run(settings: Settings) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, _on_signal, signum, shutdown)
         # The app (and the engine's clients) are made inside the running loop.
-        await serve(create_app(settings), settings, shutdown=shutdown)
+        async with open_default_backend(settings, mock=mock, display=display) as backend:
+            _announce(backend.board.snapshot())
+            app = create_app(backend.settings, backend=backend.board)
+            await serve(app, backend.settings, shutdown=shutdown)
 
     try:
         asyncio.run(main())
@@ -123,6 +134,19 @@ def run(settings: Settings) -> int:
         return 1
     log.info("server stopped")
     return 0
+
+
+def _announce(status: BackendStatus) -> None:
+    if status.kind == "mock":
+        log.info("LLM backend: the built-in mock at %s (serve --mock)", status.base_url)
+    elif status.kind == "external":
+        log.info("LLM backend: %s (LLM_BASE_URL)", status.base_url)
+    else:
+        log.info(
+            "LLM backend: embedded llama.cpp on %s (LLM_BASE_URL is empty); the console "
+            "shows when it is ready",
+            status.base_url,
+        )
 
 
 def _on_signal(signum: int, shutdown: asyncio.Event) -> None:

@@ -51,12 +51,21 @@ def api_version() -> str:
 async def healthz() -> Response:
     """Health check.
 
-    Answers 200 with `status: ok` while the server runs; also reports the version and
-    how many sessions are live. Never touches the LLM backend.
+    Answers 200 with `status: ok` while the server runs; also reports the version, how
+    many sessions are live, and the default LLM backend: its kind (`embedded`, `mock`,
+    `external`), address, model, state (`building`, `starting`, `ready`, `unreachable`,
+    ...) and whether it answered its last check, with build progress while the embedded
+    backend is being built. The backend is checked in the background (every
+    BACKEND_PROBE_SECONDS, or by the embedded backend's supervisor), never by this call.
     """
-    manager = current_state().manager
+    state = current_state()
     return json_response(
-        HealthResponse(status="ok", version=api_version(), live_sessions=manager.live_sessions())
+        HealthResponse(
+            status="ok",
+            version=api_version(),
+            live_sessions=state.manager.live_sessions(),
+            backend=state.backend.snapshot(),
+        )
     )
 
 
@@ -89,6 +98,10 @@ async def create_session() -> Response:
     mapping of overrides merged over the library spec (`options` and `llm` key by key,
     other keys replaced).
 
+    A spec that uses the server's default backend is refused with 503 while that backend
+    is the embedded one and has not come up yet: `backend_starting` during its first
+    build or start, `backend_failed` if it could not be built (the message says why).
+
     Answers 201 with the public session `id`, the full-control `token`, the read-only
     `observer_token` (the only time either is shown), the normalized spec with secrets
     removed, and `warnings` (unknown keys, options not built yet). Errors: 400 malformed
@@ -116,6 +129,10 @@ async def create_session() -> Response:
     else:
         result = load_spec(body, content_type=content_type, settings=settings)
     spec = result.raise_for_errors()
+    if spec.llm is None or spec.llm.base_url is None:
+        refusal = state.backend.refusal()
+        if refusal is not None:
+            raise refusal
     created = await state.manager.create(spec, [str(w) for w in result.warnings])
     return json_response(created, 201)
 

@@ -1,4 +1,5 @@
-"""What the running app holds: the settings, the engine's `SessionManager`, the shutdown flag."""
+"""What the running app holds: the settings, the engine's `SessionManager`, the default
+backend's status board, the shutdown flag."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 from quart import current_app
 
+from engine.backend_status import BackendBoard
 from engine.config import Settings
 from engine.errors import Unavailable
 from engine.manager import SessionManager
@@ -20,19 +22,27 @@ EXTENSION_KEY = "fellowship"
 class ServerState:
     """The app's link to the engine, started and stopped with the server."""
 
-    def __init__(self, settings: Settings, manager: SessionManager, limiter: RateLimiter) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        manager: SessionManager,
+        limiter: RateLimiter,
+        backend: BackendBoard,
+    ) -> None:
         self.settings = settings
         self.manager = manager
         self.limiter = limiter
+        self.backend = backend
         self.closing = False
         self._started = False
         self._closed = asyncio.Event()
 
     async def start(self) -> None:
-        """Start the engine (store, housekeeping)."""
+        """Start the engine (store, housekeeping) and the default backend's health checks."""
         if not self._started:
             self._started = True
             await self.manager.start()
+            await self.backend.start()
 
     async def shutdown(self) -> None:
         """Stop every loop and close every member's stream with `server shutting down`.
@@ -48,6 +58,7 @@ class ServerState:
         try:
             if self._started:
                 log.info("shutting down: stopping sessions and closing connections")
+                await self.backend.stop()
                 await self.manager.close()
         finally:
             self._closed.set()

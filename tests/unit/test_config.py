@@ -74,3 +74,13 @@ def test_invalid_value_fails_with_one_clear_message(monkeypatch: pytest.MonkeyPa
 def test_comma_lists_are_split(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALLOWED_LLM_HOSTS", "a.local, b.local ,")
     assert load_settings(_env_file=None).allowed_llm_hosts == ["a.local", "b.local"]
+
+
+def test_empty_paths_mean_the_default_not_the_current_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCAL_MODEL_PATH", "")
+    monkeypatch.setenv("FELLOWSHIP_REAL_CACHE", " ")
+    settings = load_settings(_env_file=None)
+    assert settings.local_model_path is None
+    assert settings.fellowship_real_cache is None

@@ -34,6 +34,10 @@ cycle as `select_speaker`), another enum its first value, `action` `select_speak
 when allowed, strings "mock". A kind the mock does not honour is ignored, as
 llama-cpp-python ignores `json_schema`.
 
+`ReplyBook(style="chat")` (what `fellowship serve --mock` uses) replaces the default text
+reply with a conversational one, put together from sentence patterns: see
+`engine.llm.mock.chat`. Everything else (tools, faults, scripts) is the same.
+
 The default reply honours `stop` sequences like a real server (cut at the first one),
 except under the `impersonate` fault, which plays a server that ignores them; scripted
 `content` is sent verbatim (text faults such as `think` still wrap it). Usage counts
@@ -46,8 +50,9 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+from engine.llm.mock.chat import chat_text
 from engine.llm.mock.models import Fault, FaultRate, MockReply, RecordedRequest
 from engine.llm.types import ToolCall, ToolDefinition, Usage
 
@@ -65,6 +70,10 @@ MAX_NAME_CHARS: Final = 64
 NOBODY: Final = "nobody"
 SOMEONE: Final = "Someone"
 """Name used for 'another participant' when the conversation names none."""
+
+ReplyStyle = Literal["echo", "chat"]
+"""`echo`: the documented `<Name> answers <LastSpeaker>: ...` (tests rely on it);
+`chat`: conversational replies for demos."""
 
 _YOU_ARE = re.compile(r"^[ \t]*You are (\S[^\n]*?)\.(?=\s|$)", re.MULTILINE)
 _SPEAKER_LINE = re.compile(rf"^([^:\n]{{1,{MAX_NAME_CHARS}}}):[ \t](.*)$")
@@ -161,8 +170,10 @@ class ReplyBook:
         faults: list[FaultRate],
         retry_after: str,
         structured_output: frozenset[str] = STRUCTURED_KINDS,
+        style: ReplyStyle = "echo",
     ) -> None:
         self._rng = random.Random(seed)
+        self.style: ReplyStyle = style
         self.faults = faults
         self._retry_after = retry_after
         self.structured_output = structured_output
@@ -237,7 +248,7 @@ class ReplyBook:
         name = bot_name(request)
         speaker, _ = last_speaker(request)
         other = speaker if speaker not in (NOBODY, name) else SOMEONE
-        text = default_text(request) if scripted is None else scripted
+        text = self._default_text(request) if scripted is None else scripted
         reasoning = ""
         if fault is Fault.IMPERSONATE:
             # Plays a server that ignores stop sequences: no cut here.
@@ -253,6 +264,12 @@ class ReplyBook:
         if scripted is not None:
             return ReplyPlan(content=text, reasoning=reasoning)  # scripts are sent verbatim
         return ReplyPlan(content=_apply_stop(text, request.stop), reasoning=reasoning)
+
+    def _default_text(self, request: RecordedRequest) -> str:
+        if self.style == "echo":
+            return default_text(request)
+        speaker, said = last_speaker(request)
+        return chat_text(request, bot_name(request), None if speaker == NOBODY else speaker, said)
 
     def _tool_plan(self, request: RecordedRequest, fault: Fault | None) -> ReplyPlan | None:
         tools = {tool.function.name: tool for tool in request.tools}

@@ -27,6 +27,7 @@ from engine.llm.mock.replies import (
     STRUCTURED_KINDS,
     ReplyBook,
     ReplyPlan,
+    ReplyStyle,
     tokenize,
     word_count,
 )
@@ -82,6 +83,7 @@ class MockLLM:
         retry_after: str = DEFAULT_RETRY_AFTER,
         record: bool = True,
         structured_output: Iterable[str] = STRUCTURED_KINDS,
+        replies: ReplyStyle = "echo",
     ) -> None:
         self.host = host
         self.port = port
@@ -95,6 +97,7 @@ class MockLLM:
         self._retry_after = retry_after
         self._initial_faults = _fault_list(faults)
         self._initial_structured = self._structured = frozenset(structured_output)
+        self._replies: ReplyStyle = replies
         unknown = self._structured - STRUCTURED_KINDS
         if unknown:
             raise ValueError(f"unknown structured output kinds: {sorted(unknown)}")
@@ -103,6 +106,7 @@ class MockLLM:
             faults=self._initial_faults,
             retry_after=retry_after,
             structured_output=self._structured,
+            style=replies,
         )
         self._script: deque[MockReply] = deque()
         self._handler: Handler | None = None
@@ -198,6 +202,7 @@ class MockLLM:
             faults=list(self._initial_faults),
             retry_after=self._retry_after,
             structured_output=self._structured,
+            style=self._replies,
         )
 
     # --- connections ---------------------------------------------------------------------

@@ -41,6 +41,17 @@
     observer_token_prefix: "fso_",
     machines: ["lifecycle", "loop"],
   };
+  // How the header names the default backend (GET /healthz `backend.kind`).
+  const BACKEND_KINDS = {
+    embedded: "Embedded llama.cpp",
+    mock: "Built-in mock",
+    external: "LLM server",
+  };
+  // While the backend is on its way up, its status is asked for this often.
+  const BACKEND_BUSY_POLL_MS = 1000;
+  const BACKEND_BUSY = new Set(["checking", "building", "starting", "restarting"]);
+  // The error code of a turn waiting for a backend that cannot be reached (told once).
+  const BACKEND_UNREACHABLE = "backend_unreachable";
   // WebSocket close codes (docs/api.md) after which reconnecting cannot help.
   const CLOSE_NORMAL = 1000;
   const CLOSE_BAD_REQUEST = 4000;
@@ -56,6 +67,10 @@
 
   const ui = {
     connection: $("connection"),
+    backend: $("backend"),
+    backendText: $("backend-text"),
+    backendProgress: $("backend-progress"),
+    backendDetail: $("backend-detail"),
     setup: $("setup"),
     library: $("library"),
     editor: $("spec-editor"),
@@ -138,6 +153,9 @@
     /** bot name (lower case) → hue */
     botHues: new Map(),
     followTranscript: true,
+    backendTimer: null,
+    /** The notice shows that this session's backend cannot be reached. */
+    backendNotice: false,
   };
 
   // --- small helpers --------------------------------------------------------------------
@@ -200,6 +218,71 @@
   function setConnection(text, state) {
     ui.connection.textContent = text;
     ui.connection.dataset.state = state;
+  }
+
+  // --- the default backend ---------------------------------------------------------------------
+
+  async function refreshBackend() {
+    clearTimeout(app.backendTimer);
+    let next = app.config.poll_seconds * 1000;
+    try {
+      const response = await fetch("/healthz");
+      const body = await readJson(response);
+      if (response.ok && body && body.backend) {
+        renderBackend(body.backend);
+        if (BACKEND_BUSY.has(body.backend.state)) next = BACKEND_BUSY_POLL_MS;
+      }
+    } catch {
+      // The connection indicator already says when the server is away.
+    }
+    app.backendTimer = setTimeout(refreshBackend, next);
+  }
+
+  function backendStateText(backend) {
+    const build = backend.build;
+    switch (backend.state) {
+      case "ready":
+        return "answers";
+      case "building":
+        return build ? `building, step ${build.number} of ${build.steps} (${formatSeconds(build.elapsed_seconds)})` : "building";
+      case "starting":
+        return "starting…";
+      case "restarting":
+        return "restarting…";
+      case "unreachable":
+        return "does not answer";
+      case "failed":
+        return "not available";
+      case "stopped":
+        return "stopped";
+      default:
+        return "checking…";
+    }
+  }
+
+  function renderBackend(backend) {
+    const kind = BACKEND_KINDS[backend.kind] || "LLM backend";
+    const parts = [kind];
+    if (backend.model) parts.push(backend.model);
+    parts.push(backendStateText(backend));
+    ui.backendText.textContent = parts.join(" · ");
+    ui.backend.dataset.state = backend.state;
+    ui.backend.title = backend.base_url || "";
+    const build = backend.build;
+    const measured = Boolean(build) && typeof build.fraction === "number";
+    show(ui.backendProgress, measured);
+    if (measured) ui.backendProgress.value = build.fraction;
+    let detail = "";
+    if (backend.state === "building" && build) {
+      detail =
+        `First start: building llama.cpp's llama-server from source (${build.step}). ` +
+        "This happens once and takes a few minutes; sessions can start as soon as it is ready.";
+    } else if (backend.state === "failed" || backend.state === "unreachable") {
+      detail = backend.detail || "";
+    }
+    ui.backendDetail.textContent = detail;
+    ui.backendDetail.dataset.kind = backend.state === "building" ? "info" : "error";
+    show(ui.backendDetail, Boolean(detail));
   }
 
   // --- storage and the share link -----------------------------------------------------------
@@ -378,6 +461,7 @@
     ui.transcript.replaceChildren();
     renderWarnings([]);
     setNotice("");
+    app.backendNotice = false;
     setLoopState(null);
     ui.sessionName.textContent = "";
     show(ui.emptyNote, true);
@@ -746,6 +830,11 @@
         break;
       case "bot_message":
         finishTurn(event.bot, event.turn, event.content);
+        if (app.backendNotice) {
+          // The backend answers again.
+          app.backendNotice = false;
+          setNotice("");
+        }
         refreshStatusSoon();
         break;
       case "turn_end":
@@ -781,7 +870,11 @@
         break;
       }
       case "error":
-        if (event.turn != null) noteTurnError(event.turn, event.message);
+        if (event.code === BACKEND_UNREACHABLE) {
+          app.backendNotice = true;
+          setNotice(`Waiting for the LLM backend: ${event.message}`, "error");
+          if (event.turn != null) noteTurnError(event.turn, event.message);
+        } else if (event.turn != null) noteTurnError(event.turn, event.message);
         else setNotice(`Error: ${event.message}`, "error");
         // A backend problem found while running is also kept among the warnings.
         if (event.code === "backend_template_mismatch") refreshStatusSoon();
@@ -1141,6 +1234,7 @@
   async function main() {
     wire();
     await loadConfig();
+    refreshBackend();
     loadLibrary();
     loadDiagram();
     startFromLocation();

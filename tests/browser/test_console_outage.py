@@ -1,0 +1,61 @@
+"""A session whose backend is not there yet says so once in the console, then carries on."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import expect
+
+from engine.llm.mock import MockLLM
+from tests.browser.conftest import ROOT, OpenConsole, start_console_server
+from tests.browser.test_console import two_bot_spec
+from tests.integration.conftest import RunningServer
+from tests.support.engine import make_settings
+
+
+@pytest.fixture
+def backend_port() -> int:
+    """A loopback port where no backend listens (until the test starts one there)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def server(tmp_path: Path, backend_port: int) -> AsyncIterator[RunningServer]:
+    settings = make_settings(
+        tmp_path,
+        f"http://127.0.0.1:{backend_port}/v1",
+        specs_dir=ROOT / "specs",
+        ws_ping_seconds=0.5,
+        backend_retry_seconds=0.05,
+        backend_retry_max_seconds=0.1,
+    )
+    running = await start_console_server(settings)
+    yield running
+    if not running.task.done():
+        await running.stop()
+
+
+async def test_a_session_waiting_for_its_backend_says_so_once_and_goes_on_when_it_answers(
+    open_console: OpenConsole, backend_port: int
+) -> None:
+    tab = await open_console()
+    page = tab.page
+    await expect(page.locator("#backend")).to_have_attribute("data-state", "unreachable")
+    await expect(page.locator("#backend-detail")).to_contain_text("it does not answer")
+    await page.fill("#spec-editor", two_bot_spec(max_turns=2))
+    await page.click("#create")
+    await expect(page.locator("#session")).to_be_visible()
+    notice = page.locator("#session-notice")
+    await expect(notice).to_contain_text("Waiting for the LLM backend")
+    await expect(notice).to_contain_text("cannot be reached")
+    await expect(page.locator("#transcript > li[data-status='failed']")).to_have_count(0)
+    async with MockLLM(port=backend_port):
+        complete = page.locator("#transcript > li[data-status='complete']")
+        await expect(complete).to_have_count(2)
+        await expect(notice).not_to_contain_text("Waiting for the LLM backend")
+    await expect(page.locator("#transcript > li[data-status='failed']")).to_have_count(0)
