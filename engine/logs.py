@@ -77,10 +77,6 @@ class DailyFileHandler(logging.Handler):
         self._day: str | None = None
         self._stream: Any = None
 
-    def current_path(self) -> Path:
-        """The file the next record goes to."""
-        return self.directory / f"{self._clock().strftime('%Y-%m-%d')}.log"
-
     def emit(self, record: logging.LogRecord) -> None:
         try:
             day = self._clock().strftime("%Y-%m-%d")

@@ -23,8 +23,8 @@ from pydantic import BaseModel, Field
 from engine.history import Message
 from engine.llm.errors import LLMError
 from engine.llm.types import ChatMessage, ChatRequest
-from engine.loop import StorageFailure
 from engine.session import Session
+from engine.store.base import StorageFailure
 
 # The condensing calls try once more after a failure (an LLM error or an empty reply).
 CONDENSE_ATTEMPTS: Final = 2

@@ -47,6 +47,10 @@ class StorageError(FellowshipError):
         self.problem: StorageProblem = problem
 
 
+class StorageFailure(StorageError):
+    """A write failed for a reason the store did not classify (still unrecoverable)."""
+
+
 class SessionRecord(BaseModel):
     """A session's stored row. `spec_json` holds secrets and is never returned by the API."""
 

@@ -143,13 +143,6 @@ class MockLLM:
         await self._server.wait_closed()
         self._server = None
 
-    async def serve_forever(self) -> None:
-        """Serve until cancelled (the CLI's main loop)."""
-        if self._server is None:
-            await self.start()
-        assert self._server is not None
-        await self._server.serve_forever()
-
     @property
     def base_url(self) -> str:
         """The URL to give a client, ending in `/v1`."""
