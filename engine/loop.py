@@ -37,15 +37,11 @@ from engine.outage import answers, is_outage, outage_notice, retry_delays
 from engine.rectifier import Slot
 from engine.session import Member, Session
 from engine.speakers import Decision, RoundRobin, SpeakerSelector
-from engine.store.base import StorageError
+from engine.store.base import StorageError, StorageFailure
 from engine.template_watch import TemplateWatch
 from engine.turns import TurnOutcome, run_turn
 
 Summarizer = Callable[[Session], Awaitable[bool]]
-
-
-class StorageFailure(StorageError):
-    """A write failed for a reason the store did not classify (still unrecoverable)."""
 
 
 class SessionLoop:
@@ -198,11 +194,22 @@ class SessionLoop:
         second error); ending the session cancels this wait like any other.
         """
         session = self.session
-        settings = session.deps.settings
         assert outcome.error is not None
         notice = outage_notice(outcome.error, session.backend)
         session.log.warning("%s", notice.message)
         session.emit(ErrorEvent(message=notice.message, code=notice.code, turn=slot.turn))
+        # Kept in status meanwhile, for members who connect after the one notice.
+        session.outage = notice.message
+        try:
+            return await self._retry_until_answered(slot, outcome, notice)
+        finally:
+            session.outage = None
+
+    async def _retry_until_answered(
+        self, slot: Slot, outcome: TurnOutcome, notice: FellowshipError
+    ) -> TurnOutcome:
+        session = self.session
+        settings = session.deps.settings
         delays = retry_delays(settings)
         while True:
             if outcome.shown:

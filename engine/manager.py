@@ -341,6 +341,7 @@ class SessionManager:
                 max_context_tokens=session.context_limit,
                 ttl=session.ttl,
             ),
+            backend_outage=session.outage,
             warnings=_with_backend_warning(record.warnings, session.backend),
         )
 

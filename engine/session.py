@@ -100,6 +100,7 @@ class Session:
         self.started_monotonic = deps.clock.monotonic()
         self.last_activity = self.started_monotonic
         self.debug_enabled = deps.settings.debug or spec.options.debug
+        self.outage: str | None = None  # why a turn is waiting for the backend, while it is
         self.loop_state = "idle"
         self._lock = asyncio.Lock()
         self._system_tokens = max(

@@ -54,6 +54,11 @@ class SessionStatus(BaseModel):
     members: MemberCounts = Field(description="Connected members.")
     tokens: TokenReport = Field(description="Token accounting.")
     limits: LimitReport = Field(description="Limits in force.")
+    backend_outage: str | None = Field(
+        None,
+        description="While a turn waits for an LLM backend that cannot be reached: why "
+        "(the `backend_unreachable` error event says it once; this stays until it answers).",
+    )
     warnings: list[str] = Field(
         description="Warnings: from spec validation, and backend problems found while the "
         "session ran (`backend_template_mismatch: ...`)."

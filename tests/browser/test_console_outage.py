@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,11 +17,20 @@ from tests.support.engine import make_settings
 
 
 @pytest.fixture
-def backend_port() -> int:
-    """A loopback port where no backend listens (until the test starts one there)."""
+def backend_socket() -> Iterator[socket.socket]:
+    """A loopback port where no backend listens until the test starts one there.
+
+    The port stays bound (not listening: connections are refused) until then, so that
+    no other server, the console's own included, can be given it meanwhile.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield sock
+
+
+@pytest.fixture
+def backend_port(backend_socket: socket.socket) -> int:
+    return int(backend_socket.getsockname()[1])
 
 
 @pytest.fixture
@@ -41,7 +50,7 @@ async def server(tmp_path: Path, backend_port: int) -> AsyncIterator[RunningServ
 
 
 async def test_a_session_waiting_for_its_backend_says_so_once_and_goes_on_when_it_answers(
-    open_console: OpenConsole, backend_port: int
+    open_console: OpenConsole, backend_socket: socket.socket, backend_port: int
 ) -> None:
     tab = await open_console()
     page = tab.page
@@ -54,6 +63,7 @@ async def test_a_session_waiting_for_its_backend_says_so_once_and_goes_on_when_i
     await expect(notice).to_contain_text("Waiting for the LLM backend")
     await expect(notice).to_contain_text("cannot be reached")
     await expect(page.locator("#transcript > li[data-status='failed']")).to_have_count(0)
+    backend_socket.close()  # the backend comes: it takes the port held for it
     async with MockLLM(port=backend_port):
         complete = page.locator("#transcript > li[data-status='complete']")
         await expect(complete).to_have_count(2)

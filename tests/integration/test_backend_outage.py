@@ -96,9 +96,12 @@ async def test_an_unreachable_backend_is_reported_once_and_the_turn_waits_for_it
     assert f"127.0.0.1:{port}" in errors[0].message
     assert watcher.of_type("turn_end") == []  # no tombstone: the slot is held
     assert [m.status for m in manager.history(handle)] == ["reserved"]
+    # Status keeps saying why, for whoever connects after the one error event.
+    assert manager.status(handle).backend_outage == errors[0].message
     async with MockLLM(port=port):
         await asyncio.wait_for(handle.loop.ended.wait(), WAIT_SECONDS)
     await watcher.until_closed()
+    assert manager.status(handle).backend_outage is None
     assert [e.code for e in watcher.of_type("error")] == ["backend_unreachable"]
     assert [(e.turn, e.status) for e in watcher.of_type("turn_end")] == [
         (1, "complete"),

@@ -537,6 +537,11 @@
 
   function renderStatus(status) {
     app.status = status;
+    if (status.backend_outage && !app.backendNotice) {
+      // The one backend_unreachable event came before this page connected.
+      app.backendNotice = true;
+      setNotice(`Waiting for the LLM backend: ${status.backend_outage}`, "error");
+    }
     if (!app.session.id && status.id) {
       app.session.id = status.id;
       saveSession();
