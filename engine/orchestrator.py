@@ -267,17 +267,7 @@ class Orchestrator:
             attempts += 1
             reading = await _ask_structured(session, menu, way, errors)
             if reading is not None:
-                return Routing(
-                    action=reading.action,
-                    bot=reading.bot,
-                    reason=reading.reason,
-                    tool=reading.tool,
-                    rung=reading.rung,
-                    attempts=attempts,
-                    errors=errors,
-                    model=orchestrator_model(session),
-                    structured_output=mode,
-                )
+                return _routed(reading, attempts, errors, orchestrator_model(session), mode)
         request = orchestrator_request(session, menu)
         completion = await _ask(session, request, errors)
         reading = _read(completion, menu)
@@ -305,17 +295,7 @@ class Orchestrator:
                 model=request.model,
                 structured_output=mode,
             )
-        return Routing(
-            action=reading.action,
-            bot=reading.bot,
-            reason=reading.reason,
-            tool=reading.tool,
-            rung=reading.rung,
-            attempts=attempts,
-            errors=errors,
-            model=request.model,
-            structured_output=mode,
-        )
+        return _routed(reading, attempts, errors, request.model, mode)
 
 
 async def _ask(session: Session, request: ChatRequest, errors: list[str]) -> Completion | None:
@@ -325,6 +305,23 @@ async def _ask(session: Session, request: ChatRequest, errors: list[str]) -> Com
         session.log.warning("orchestrator call failed: %s (%s)", exc.code, exc.message)
         errors.append(exc.code)
         return None
+
+
+def _routed(
+    reading: Reading,
+    attempts: int,
+    errors: list[str],
+    model: str,
+    mode: StructuredMode | None,
+) -> Routing:
+    """The decision a usable reading amounts to."""
+    return Routing(
+        **reading.model_dump(),
+        attempts=attempts,
+        errors=errors,
+        model=model,
+        structured_output=mode,
+    )
 
 
 def _read(completion: Completion | None, menu: Menu) -> Reading | None:
