@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_sse_stream import sse
 from tests.support.engine import WAIT_SECONDS
+from tests.support.served import read_port
 
 REPO = Path(__file__).parents[2]
 
@@ -43,20 +43,6 @@ async def test_shutdown_closes_websockets_with_1001_and_ends_sse_streams(
         await member.wait_closed()
         assert (member.close_code, member.close_reason) == (1001, "server shutting down")
     assert server.task.done() and server.task.exception() is None
-
-
-async def read_port(process: asyncio.subprocess.Process, lines: list[str]) -> int:
-    """Read the server's log until Hypercorn says where it listens."""
-    assert process.stderr is not None
-    async with asyncio.timeout(WAIT_SECONDS):
-        while True:
-            raw = await process.stderr.readline()
-            if not raw:
-                raise AssertionError("server exited early:\n" + "".join(lines))
-            lines.append(raw.decode())
-            found = re.search(r"Running on http://127\.0\.0\.1:(\d+)", lines[-1])
-            if found:
-                return int(found.group(1))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -27,9 +27,9 @@ import pytest
 
 from engine.llm.mock import MockLLM
 from tests.integration.conftest import WsMember, spec_dict, ws_join
-from tests.integration.test_api_shutdown import read_port
 from tests.integration.test_sse_stream import SseReader
 from tests.support.engine import WAIT_SECONDS
+from tests.support.served import read_port
 
 REPO = Path(__file__).parents[2]
 SEEDS = [11, 23, 42]

@@ -76,9 +76,7 @@ class Served:
             await self.process.wait()
 
 
-async def start_serve(
-    folder: Path, *args: str, wait: float = WAIT_SECONDS, **env: str
-) -> Served:
+async def start_serve(folder: Path, *args: str, wait: float = WAIT_SECONDS, **env: str) -> Served:
     """Start `fellowship serve *args` in `folder` with `env` over the test defaults."""
     environment = {
         **os.environ,
@@ -99,7 +97,7 @@ async def start_serve(
     )  # fmt: skip
     lines: list[str] = []
     try:
-        port = await _read_port(process, lines, wait)
+        port = await read_port(process, lines, wait)
     except BaseException:
         process.kill()
         await process.wait()
@@ -109,9 +107,10 @@ async def start_serve(
     return served
 
 
-async def _read_port(
-    process: asyncio.subprocess.Process, lines: list[str], wait: float
+async def read_port(
+    process: asyncio.subprocess.Process, lines: list[str], wait: float = WAIT_SECONDS
 ) -> int:
+    """Read the server's log (kept in `lines`) until Hypercorn says where it listens."""
     assert process.stderr is not None
     async with asyncio.timeout(wait):
         while True:
