@@ -1,9 +1,9 @@
 """Housekeeping: idle timeouts and the retention of ended sessions.
 
-Every `HOUSEKEEPING_INTERVAL` seconds a sweep ends each session past its
-`max_time` or that has had no member and no client activity for its `ttl`, and
-forgets ended sessions once `ENDED_RETENTION_SECONDS` have passed (the store
-deletes them; their tokens open nothing any more).
+Every `HOUSEKEEPING_INTERVAL` seconds a sweep ends each session that has had no
+member and no client activity for its `ttl`, and forgets ended sessions once
+`ENDED_RETENTION_SECONDS` have passed (the store deletes them; their tokens open
+nothing any more). `max_time` is not checked here: the session's loop enforces it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Housekeeper:
                 log.exception("housekeeping failed")
 
     async def sweep(self) -> None:
-        """End sessions past `max_time` or idle past their ttl; forget ended ones past retention."""
+        """End sessions idle past their ttl; forget ended ones past retention."""
         clock, settings = self._deps.clock, self._deps.settings
         now = clock.monotonic()
         cutoff = clock.now() - timedelta(seconds=settings.ended_retention_seconds)
@@ -58,8 +58,5 @@ class Housekeeper:
             session = loop.session
             if loop.lifecycle.state == "ended":
                 continue
-            max_time = session.options.max_time
-            if max_time is not None and session.elapsed >= max_time:
-                await loop.end("max_time")
-            elif not session.members and now - session.last_activity >= session.ttl:
+            if not session.members and now - session.last_activity >= session.ttl:
                 await loop.end("idle_timeout")

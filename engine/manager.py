@@ -306,7 +306,7 @@ class SessionManager:
 
     # --- housekeeping ----------
     async def sweep(self) -> None:
-        """End sessions past `max_time` or idle past their ttl; forget expired ended ones."""
+        """End sessions idle past their ttl; forget ended ones past retention, at once."""
         await self._housekeeper.sweep()
 
     def _session_ended(self, session: Session) -> None:
