@@ -1,4 +1,9 @@
-"""Time, injectable: tests that need to control time pass their own `Clock`."""
+"""Time, injectable: the engine reads the time only through a `Clock`.
+
+`SystemClock` is the real one; tests pass one that moves when told
+(tests/support/clock.py). Parts that need only one reading take a bare callable
+(`Clock.now` for the hub's event stamps, `Clock.monotonic` for durations).
+"""
 
 from __future__ import annotations
 

@@ -2,55 +2,48 @@
 
 `SessionManager` creates sessions from validated specs, opens them by token,
 and carries out every client action (status, history, pause, resume, end,
-connect, talk). It also runs housekeeping: time limits, idle timeouts and the
-retention of ended sessions.
+connect, talk). The work behind it lives next door: bringing stored sessions
+back in engine/restore.py, idle timeouts and retention in engine/housekeeping.py,
+the token lookup in engine/registry.py, the checks of member input in
+engine/checks.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
-import logging
 import secrets
-from dataclasses import dataclass
-from datetime import timedelta
-from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from engine.auth import Access, hashes_match, mint_token, token_hash
+from engine.auth import mint_token, token_hash
+from engine.checks import InputChecks
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
-from engine.errors import BadRequest, FellowshipError, Forbidden, NotFound, TooMany
-from engine.events import BaseEvent, ErrorEvent, MemberRole, SessionPaused
-from engine.history import History, Message
-from engine.hub import CLOSE_SHUTDOWN, Frame
+from engine.errors import FellowshipError, Forbidden, TooMany
+from engine.events import MemberRole
+from engine.history import Message
+from engine.housekeeping import Housekeeper
+from engine.hub import CLOSE_SHUTDOWN, HubFactory, local_hub
 from engine.llm.client import Backend, LLMClient
 from engine.loop import SessionLoop
 from engine.memory import write_memory
 from engine.orchestrator import Orchestrator
+from engine.registry import Handle, SessionRegistry
+from engine.restore import Restored, restore_all
 from engine.session import EngineDeps, Member, Session
 from engine.spec.loader import InvalidSpec, SpecIssue
 from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SECRET_FIELDS, SessionSpec
 from engine.status import LimitReport, MemberCounts, SessionStatus, TokenReport
-from engine.store.base import SessionRecord, Store, StoredSession
+from engine.store.base import SessionRecord, Store
 from engine.store.memory import MemoryStore
-from engine.store.secrets import (
-    SecretBox,
-    SecretKeyMissing,
-    SecretUnreadable,
-    open_secrets,
-    seal_secrets,
-    seal_stored,
-)
-from engine.summarizer import restore_summary, summarize
-from engine.text import has_control_chars
+from engine.store.secrets import SecretBox, SecretKeyMissing, seal_secrets, seal_stored
+from engine.summarizer import summarize
 from engine.tokens import get_counter
 
-log = logging.getLogger("fellowship.manager")
+__all__ = ["CreatedSession", "Handle", "SessionManager"]
 
 SESSION_ID_BYTES = 9
 
@@ -70,17 +63,14 @@ def _refuse(path: str, message: str) -> InvalidSpec:
     return InvalidSpec([SpecIssue(path=path, message=message)])
 
 
-@dataclass(slots=True)
-class Handle:
-    """An opened session and the access level of the token that opened it."""
-
-    session: Session
-    loop: SessionLoop
-    access: Access
-
-
 class SessionManager:
-    """Creates, finds and drives sessions."""
+    """Creates, finds and drives sessions.
+
+    What it is given besides the settings is what a deployment may replace: the
+    store, the LLM client (and through it the concurrency limiters), the clock,
+    and the factory of each session's event hub. Left out, each is the in-process
+    default.
+    """
 
     def __init__(
         self,
@@ -89,6 +79,7 @@ class SessionManager:
         store: Store | None = None,
         llm: LLMClient | None = None,
         clock: Clock | None = None,
+        hubs: HubFactory = local_hub,
         secret_box: SecretBox | None = None,
     ) -> None:
         self.settings = settings
@@ -98,11 +89,12 @@ class SessionManager:
             store=store or MemoryStore(),
             clock=clock or SystemClock(),
             counter=get_counter(settings.tokenizer),
+            hubs=hubs,
         )
         self.secret_box = secret_box or _secret_box(settings, self.deps.store)
-        self._loops: dict[str, SessionLoop] = {}
-        self._by_hash: dict[str, tuple[str, Access]] = {}
-        self._housekeeper: asyncio.Task[None] | None = None
+        self.checks = InputChecks(settings)
+        self._sessions = SessionRegistry()
+        self._housekeeper = Housekeeper(self.deps, self._sessions)
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -111,89 +103,21 @@ class SessionManager:
         """Open the store, bring back stored sessions, start housekeeping."""
         await self.deps.store.open()
         await seal_stored(self.deps.store, self.secret_box, SECRET_FIELDS)
-        # Restoring creates a great many objects that live on (every message, every
-        # buffered event): the cyclic collector would walk them again and again while
-        # they are made. It is paused until they are all in place.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            for stored in await self.deps.store.load_all(include_ended=True):
-                try:
-                    await self._restore(stored)
-                except Exception:
-                    log.exception("could not restore session %s", stored.record.id)
-        finally:
-            if collecting:
-                gc.enable()
-        self._housekeeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
-
-    async def _restore(self, stored: StoredSession) -> None:
-        """Bring a stored session back: ended ones readable, live ones paused.
-
-        A reply that was being generated when the process stopped becomes a
-        tombstone. Every event anyone was shown is in the store, so numbering goes
-        on from the last stored event and replay covers what the store kept.
-        """
-        record = stored.record
-        ended = record.state == "ended"
-        if not ended:
-            # The stored counter lags a turn that was in flight; history does not.
-            bot_turns = sum(1 for m in stored.messages if m.kind == "bot")
-            record = record.model_copy(update={"bot_turns": bot_turns})
-        spec, unreadable = self._stored_spec(record)
-        session = Session(
-            record=record,
-            spec=spec,
-            deps=self.deps,
-            backend=self._stored_backend(spec, unreadable),
-            history=History(stored.messages),
-            memory=stored.memory if spec.options.memory_mode == "inherit" else None,
-        )
-        if stored.summary is not None:
-            restore_summary(session, *stored.summary)
-        events = await self.deps.store.load_events(session.id)
-        session.hub.restore([Frame(e.seq, e.type, e.data) for e in events], record.last_seq)
-        loop = self._adopt(session, restored="ended" if ended else "paused")
-        if ended:
-            session.hub.close()
-            loop.ended.set()
-            return
-        talker_turns = [m.turn for m in stored.messages if m.kind == "talker"]
-        last_bot = max((m.turn for m in stored.messages if m.kind == "bot"), default=0)
-        loop.started = spec.options.participation == "autonomous" or bool(talker_turns)
-        loop.unanswered = sum(1 for turn in talker_turns if turn > last_bot)
-        for message in session.history.pending_reserved():
-            await session.commit(partial(_restart_tombstone, session, message))
-        session.emit(SessionPaused(reason="server_restart"))
-        await session.save(state="paused")
-        loop.start()
-        session.log.info("session restored (paused) with %d messages", len(session.history))
-
-    def _stored_backend(self, spec: SessionSpec, unreadable: SecretUnreadable | None) -> Backend:
-        # A backend allowed at creation may be disallowed now: fall back to the default.
-        try:
-            backend = self._backend_for(spec)
-        except FellowshipError:
-            backend = self.deps.llm.default_backend
-        if unreadable is None:
-            return backend
-        # Its own key is lost to us, and no other key may go in its place.
-        return Backend(base_url=backend.base_url, unreadable_key=unreadable.message)
+        await restore_all(self.deps, self.secret_box, self._adopt)
+        self._housekeeper.start()
 
     async def close(self) -> None:
         """Stop every loop at once, close members' streams, release the store and backends."""
         if self._closed:
             return
         self._closed = True
-        if self._housekeeper is not None:
-            self._housekeeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeper
-        loops = [loop for loop in self._loops.values() if loop.machine.state != "ended"]
+        await self._housekeeper.stop()
+        every = self._sessions.loops()
+        loops = [loop for loop in every if loop.machine.state != "ended"]
         await asyncio.gather(*(loop.stop() for loop in loops), return_exceptions=True)
-        await asyncio.gather(*(loop.wait_stopped() for loop in self._loops.values()))
+        await asyncio.gather(*(loop.wait_stopped() for loop in every))
         # Events still being written are stored (and delivered) before the store closes.
-        await asyncio.gather(*(loop.session.hub.flushed() for loop in self._loops.values()))
+        await asyncio.gather(*(loop.session.hub.flushed() for loop in every))
         for loop in loops:
             with contextlib.suppress(Exception):
                 await loop.session.save()
@@ -244,7 +168,7 @@ class SessionManager:
             warnings=record.warnings,
         )
 
-    def _adopt(self, session: Session, restored: str | None = None) -> SessionLoop:
+    def _adopt(self, session: Session, restored: Restored | None = None) -> SessionLoop:
         options = session.options
         loop = SessionLoop(
             session,
@@ -253,9 +177,7 @@ class SessionManager:
             on_end=self._session_ended,
             restored=restored,
         )
-        self._loops[session.id] = loop
-        self._by_hash[session.record.full_token_hash] = (session.id, "full")
-        self._by_hash[session.record.observer_token_hash] = (session.id, "observer")
+        self._sessions.add(loop)
         return loop
 
     def _backend_for(self, spec: SessionSpec) -> Backend:
@@ -283,20 +205,7 @@ class SessionManager:
 
     def open(self, token: str) -> Handle:
         """The session a token opens. Unknown tokens and unknown sessions look the same."""
-        digest = token_hash(token)
-        entry = self._by_hash.get(digest)
-        loop = self._loops.get(entry[0]) if entry else None
-        if entry is None or loop is None:
-            raise NotFound("no session for this token")
-        _, access = entry
-        stored = (
-            loop.session.record.full_token_hash
-            if access == "full"
-            else loop.session.record.observer_token_hash
-        )
-        if not hashes_match(stored, digest):
-            raise NotFound("no session for this token")
-        return Handle(loop.session, loop, access)
+        return self._sessions.open(token)
 
     @staticmethod
     def require_full(handle: Handle) -> None:
@@ -375,44 +284,19 @@ class SessionManager:
         self, handle: Handle, role: MemberRole, name: str | None, since: int | None
     ) -> Member:
         """Connect a talker or observer; its stream starts with history or the missed events."""
-        name = self.display_name(name)
+        name = self.checks.display_name(name)
         if role == "talker":
             self.require_full(handle)
-            if not name:
-                raise BadRequest("a talker needs a display name (?name=...)", code="name_required")
-            if name.casefold() in {bot.casefold() for bot in handle.session.bot_names}:
-                # Bots would read this talker's lines as their own or a fellow bot's.
-                raise BadRequest(
-                    f"{name!r} is the name of a bot in this session", code="name_taken"
-                )
+            self.checks.talker_name(name, handle.session.bot_names)
         return handle.session.join(role, name, since)
 
     def display_name(self, name: str | None) -> str | None:
         """A member's display name, trimmed; refused when too long or not one plain line."""
-        name = name.strip() if name else None
-        if name and len(name) > self.settings.max_name_chars:
-            raise BadRequest(
-                f"display name longer than {self.settings.max_name_chars} characters",
-                code="name_too_long",
-            )
-        if name and has_control_chars(name):
-            raise BadRequest(
-                "a display name is one line, without tabs or control characters",
-                code="invalid_name",
-            )
-        return name
+        return self.checks.display_name(name)
 
     async def post(self, handle: Handle, member: Member, content: str) -> Message:
         """A talker's message: validated, placed in history, broadcast, and the loop woken."""
-        if member.role != "talker":
-            raise Forbidden("observers cannot send messages", code="observer_cannot_talk")
-        if not content.strip():
-            raise BadRequest("empty message", code="empty_message")
-        if len(content) > self.settings.max_message_chars:
-            raise BadRequest(
-                f"message longer than {self.settings.max_message_chars} characters",
-                code="message_too_long",
-            )
+        self.checks.message(member, content)
         return await handle.loop.post(member, content)
 
     @staticmethod
@@ -421,36 +305,9 @@ class SessionManager:
         handle.session.leave(member)
 
     # --- housekeeping ----------
-    async def _housekeeping(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.housekeeping_interval)
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("housekeeping failed")
-
     async def sweep(self) -> None:
-        """End sessions past `max_time` or idle past their ttl; forget expired ended ones."""
-        now = self.deps.clock.monotonic()
-        cutoff = self.deps.clock.now() - timedelta(seconds=self.settings.ended_retention_seconds)
-        for session_id in await self.deps.store.expire_ended(cutoff):
-            expired = self._loops.get(session_id)
-            if expired is not None:
-                self._forget(expired.session)
-        for loop in list(self._loops.values()):
-            session = loop.session
-            if loop.lifecycle.state == "ended":
-                continue
-            max_time = session.options.max_time
-            if max_time is not None and session.elapsed >= max_time:
-                await loop.end("max_time")
-            elif not session.members and now - session.last_activity >= session.ttl:
-                await loop.end("idle_timeout")
-
-    def _forget(self, session: Session) -> None:
-        self._loops.pop(session.id, None)
-        self._by_hash.pop(session.record.full_token_hash, None)
-        self._by_hash.pop(session.record.observer_token_hash, None)
+        """End sessions idle past their ttl; forget ended ones past retention, at once."""
+        await self._housekeeper.sweep()
 
     def _session_ended(self, session: Session) -> None:
         # Members are gone with the stream; the session stays readable until retention passes.
@@ -468,7 +325,7 @@ class SessionManager:
 
     def live_sessions(self) -> int:
         """Sessions not ended."""
-        return sum(1 for loop in self._loops.values() if loop.machine.state != "ended")
+        return self._sessions.live_count()
 
     # --- secrets at rest ----------
     def _storage_json(self, spec: SessionSpec, session_id: str) -> str:
@@ -480,31 +337,6 @@ class SessionManager:
         except SecretKeyMissing as exc:
             raise _refuse("llm.api_key", exc.message) from None
         return json.dumps(sealed.data)
-
-    def _stored_spec(self, record: SessionRecord) -> tuple[SessionSpec, SecretUnreadable | None]:
-        """A stored spec with its secrets opened, and why one cannot be, if so.
-
-        A secret that cannot be opened is left out: the session comes back all the same
-        (its history readable), only its calls to the backend fail.
-        """
-        opened = open_secrets(
-            json.loads(record.spec_json), SECRET_FIELDS, self.secret_box, context=record.id
-        )
-        unreadable = opened.unreadable[0] if opened.unreadable else None
-        if unreadable is not None and record.state != "ended":
-            log.error(
-                "session %s cannot reach its backend: %s", record.id, unreadable.message
-            )
-        return SessionSpec.model_validate(opened.data), unreadable
-
-
-def _restart_tombstone(session: Session, reserved: Message) -> tuple[Message, list[BaseEvent]]:
-    """A reply cut by the restart: its slot becomes a tombstone, announced by an error."""
-    tomb = session.history.fill(reserved.model_copy(update={"status": "failed", "content": ""}))
-    notice = ErrorEvent(
-        message="the server restarted during this generation", code="server_restart", turn=tomb.turn
-    )
-    return tomb, [notice]
 
 
 def _storage_dict(spec: SessionSpec) -> dict[str, Any]:

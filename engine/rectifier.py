@@ -66,6 +66,13 @@ class Rectifier:
         """Record a tombstone for a turn whose call failed for good (keeping what it cost)."""
         return self._settle(slot, content="", tokens=0, usage=usage, status="failed")
 
+    def abandon(self, reserved: Message) -> Message:
+        """A reserved slot whose reply will never come (the process stopped): a tombstone.
+
+        The slot keeps its position, speaker and time; only its status changes.
+        """
+        return self.history.fill(reserved.model_copy(update={"status": "failed", "content": ""}))
+
     def _settle(
         self, slot: Slot, *, content: str, tokens: int, usage: Usage | None, status: str
     ) -> Message:

@@ -28,7 +28,7 @@ from engine.events import (
     MemberRole,
 )
 from engine.history import History, Message, UsageTotals
-from engine.hub import CLOSE_LEFT, EventHub, Frame, Subscription
+from engine.hub import CLOSE_LEFT, Frame, Hub, HubFactory, HubOptions, Subscription, local_hub
 from engine.llm.client import Backend, LLMClient
 from engine.logs import SessionLogger, session_logger
 from engine.prompts import PromptParts, system_prompt
@@ -42,13 +42,18 @@ MEMBER_ID_BYTES = 8
 
 @dataclass(frozen=True, slots=True)
 class EngineDeps:
-    """What every session needs from the outside world, passed as one object."""
+    """What every session needs from the outside world, passed as one object.
+
+    `store`, `hubs`, `clock` and the LLM client's limiters are the parts a cluster
+    node replaces; the defaults run everything in this process.
+    """
 
     settings: Settings
     llm: LLMClient
     store: Store
     clock: Clock
     counter: TokenCounter
+    hubs: HubFactory = local_hub
 
 
 @dataclass(slots=True)
@@ -88,12 +93,15 @@ class Session:
         self.rectifier = Rectifier(
             self.history, enabled=spec.options.rectify_history, now=deps.clock.now
         )
-        self.hub = EventHub(
-            buffer_size=deps.settings.event_buffer_size,
-            member_queue_size=deps.settings.member_queue_size,
-            clock=deps.clock.now,
-            first_seq=record.last_seq,
-            persist=self._store_events,
+        self.hub: Hub = deps.hubs(
+            HubOptions(
+                session_id=record.id,
+                first_seq=record.last_seq,
+                persist=self._store_events,
+                buffer_size=deps.settings.event_buffer_size,
+                member_queue_size=deps.settings.member_queue_size,
+                now=deps.clock.now,
+            )
         )
         self.log: SessionLogger = session_logger("fellowship.session", self.id)
         self.members: dict[str, Member] = {}

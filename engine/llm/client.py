@@ -59,7 +59,7 @@ from engine.llm.errors import (
     BackendNotAllowed,
     LLMError,
 )
-from engine.llm.limiter import FairLimiter
+from engine.llm.limiter import Limiter, LimiterFactory, local_limiter
 from engine.llm.stream import ThinkSplitter, ToolCallAssembler, split_think, sse_data
 from engine.llm.types import ChatRequest, Completion, ToolCall, Usage
 from engine.llm.wire import WireErrorBody, WireMessage, WireResponse
@@ -197,7 +197,8 @@ class LLMClient:
     """Chat completions against any number of OpenAI-compatible backends.
 
     `sleep` and `clock` are injectable so tests can observe retry delays without waiting;
-    `transport` replaces the network (tests replay recorded backend answers with it).
+    `transport` replaces the network (tests replay recorded backend answers with it);
+    `limiters` builds each backend's concurrency bound.
     Close with `await client.aclose()` (or `async with LLMClient(...)`).
     """
 
@@ -208,13 +209,15 @@ class LLMClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.AsyncBaseTransport | None = None,
+        limiters: LimiterFactory = local_limiter,
     ) -> None:
         self._settings = settings
         self._sleep = sleep
         self._clock = clock
         self._transport = transport
         self._http: dict[str, httpx.AsyncClient] = {}
-        self._limiters: dict[str, FairLimiter] = {}
+        self._new_limiter = limiters
+        self._limiters: dict[str, Limiter] = {}
         self._states: dict[tuple[str, type[Any]], Any] = {}
         default_key = settings.llm_api_key.get_secret_value()
         if default_key:
@@ -249,11 +252,11 @@ class LLMClient:
             return Backend(base_url=_normalise_url(self._settings.llm_base_url), api_key=_key(key))
         return Backend(base_url=check_backend_url(base_url, self._settings), api_key=_key(api_key))
 
-    def limiter_for(self, backend: Backend) -> FairLimiter:
+    def limiter_for(self, backend: Backend) -> Limiter:
         """The concurrency bound shared by every call to this backend."""
         limiter = self._limiters.get(backend.base_url)
         if limiter is None:
-            limiter = FairLimiter(self._settings.llm_max_concurrency)
+            limiter = self._new_limiter(backend.base_url, self._settings.llm_max_concurrency)
             self._limiters[backend.base_url] = limiter
         return limiter
 

@@ -1,4 +1,10 @@
-"""A fair bound on concurrent calls: at most N holders, granted strictly first come, first served.
+"""A bound on concurrent calls to one backend: the `Limiter` interface and `FairLimiter`.
+
+The LLM client holds one limiter per backend and knows only `Limiter`; a `LimiterFactory`
+given to it decides which kind. `FairLimiter` (the default) bounds the calls of this
+process; a cluster can bound a backend across its nodes behind the same interface.
+
+`FairLimiter`: at most N holders, granted strictly first come, first served.
 
 `asyncio.Semaphore` lets a newly arriving task take a freed slot before tasks that were
 already waiting (barging), so under load one busy session can starve others. Here a
@@ -13,12 +19,44 @@ holding a slot releases it on the way out of `slot()`.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 
-class FairLimiter:
+class Limiter(ABC):
+    """At most a fixed number of concurrent holders of a slot."""
+
+    @property
+    @abstractmethod
+    def in_use(self) -> int:
+        """Slots currently held."""
+
+    @property
+    @abstractmethod
+    def waiting(self) -> int:
+        """Callers queued for a slot."""
+
+    @abstractmethod
+    def slot(self, key: str | None = None) -> AbstractAsyncContextManager[None]:
+        """Hold one slot for the body of the `async with` block.
+
+        `key` names the caller (the session id): fairness and debug output use it.
+        """
+
+
+LimiterFactory = Callable[[str, int], Limiter]
+"""Builds the limiter of one backend from its base URL and `LLM_MAX_CONCURRENCY`."""
+
+
+def local_limiter(base_url: str, capacity: int) -> Limiter:
+    """The default `LimiterFactory`: a `FairLimiter` bounding this process's calls."""
+    del base_url  # one limiter per backend already; this process needs no more than that
+    return FairLimiter(capacity)
+
+
+class FairLimiter(Limiter):
     """At most `capacity` concurrent holders; waiters are served in arrival order.
 
     `on_grant`, when set, is called with the waiter's `key` each time a slot is granted

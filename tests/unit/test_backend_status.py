@@ -8,20 +8,13 @@ from engine.backend_status import (
     BackendStarting,
     BuildProgress,
 )
+from tests.support.clock import ManualClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def embedded(clock: Clock | None = None) -> BackendBoard:
+def embedded(clock: ManualClock | None = None) -> BackendBoard:
     return BackendBoard(
         "embedded", "http://127.0.0.1:9/v1", state="starting", probe_timeout=1.0,
-        clock=clock or Clock(),
+        clock=(clock or ManualClock()).monotonic,
     )  # fmt: skip
 
 
@@ -32,10 +25,10 @@ def compiling(elapsed: float) -> BuildProgress:
 
 
 def test_building_shows_progress_with_time_counted_up_to_now() -> None:
-    clock = Clock()
+    clock = ManualClock()
     board = embedded(clock)
     board.building(compiling(elapsed=30.0))
-    clock.now += 12.0
+    clock.advance(12.0)
     status = board.snapshot()
     assert status.state == "building" and status.answers is False
     assert status.build is not None and status.build.elapsed_seconds == 42.0

@@ -10,20 +10,20 @@ import pytest
 
 from engine.events import BotMessage, HistoryEvent, TalkerMessage
 from engine.history import Message
-from engine.hub import CLOSE_SESSION_ENDED, CLOSE_TOO_SLOW, EventHub, Frame, Subscription
+from engine.hub import CLOSE_SESSION_ENDED, CLOSE_TOO_SLOW, Frame, LocalHub, Subscription
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def make_hub(buffer: int = 100, queue: int = 100) -> EventHub:
-    return EventHub(buffer_size=buffer, member_queue_size=queue)
+def make_hub(buffer: int = 100, queue: int = 100) -> LocalHub:
+    return LocalHub(buffer_size=buffer, member_queue_size=queue)
 
 
 def snapshot() -> HistoryEvent:
     return HistoryEvent(messages=[])
 
 
-def publish_messages(hub: EventHub, count: int) -> None:
+def publish_messages(hub: LocalHub, count: int) -> None:
     for i in range(count):
         hub.publish(BotMessage(bot="Alice", turn=i + 1, content=f"m{i}"))
 
@@ -172,8 +172,8 @@ class GatedStore:
         self.messages.extend(messages)
 
 
-def durable_hub(store: GatedStore, buffer: int = 100) -> EventHub:
-    return EventHub(buffer_size=buffer, member_queue_size=100, persist=store)
+def durable_hub(store: GatedStore, buffer: int = 100) -> LocalHub:
+    return LocalHub(buffer_size=buffer, member_queue_size=100, persist=store)
 
 
 def message(turn: int) -> Message:

@@ -1,12 +1,16 @@
-"""FairLimiter: a bound on concurrent holders, granted strictly in arrival order."""
+"""FairLimiter: a bound on concurrent holders, granted strictly in arrival order; the LLM
+client takes its limiters from a factory."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from engine.llm.limiter import FairLimiter
+from engine.llm.client import LLMClient
+from engine.llm.limiter import FairLimiter, Limiter
+from tests.support.engine import make_settings
 
 
 async def test_holders_never_exceed_capacity_and_grants_follow_arrival() -> None:
@@ -139,3 +143,17 @@ def test_release_without_acquire_is_an_error() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError):
         FairLimiter(0)
+
+
+def test_the_client_builds_one_limiter_per_backend_through_its_factory(tmp_path: Path) -> None:
+    built: list[tuple[str, int]] = []
+
+    def limiters(base_url: str, capacity: int) -> Limiter:
+        built.append((base_url, capacity))
+        return FairLimiter(capacity)
+
+    settings = make_settings(tmp_path, "http://127.0.0.1:9/v1", llm_max_concurrency=3)
+    client = LLMClient(settings, limiters=limiters)
+    first = client.limiter_for(client.default_backend)
+    assert client.limiter_for(client.default_backend) is first
+    assert built == [("http://127.0.0.1:9/v1", 3)]

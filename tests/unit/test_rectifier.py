@@ -120,3 +120,15 @@ def test_history_refuses_a_position_out_of_order() -> None:
     history = History()
     with pytest.raises(ValueError):
         history.append(Message(turn=2, kind="talker", speaker="D", ts=now()))
+
+
+def test_a_slot_abandoned_at_restart_becomes_a_tombstone_in_its_place() -> None:
+    r = make()
+    _, reserved = r.dispatch("Alice")
+    assert reserved is not None
+    late = r.talker("Dana", "t1", "hello?", 2)
+    tomb = r.abandon(reserved)
+    assert (tomb.turn, tomb.speaker, tomb.status, tomb.content) == (1, "Alice", "failed", "")
+    assert tomb.ts == reserved.ts
+    assert [m.status for m in r.history.messages] == ["failed", "complete"]
+    assert r.history.pending_reserved() == [] and late.turn == 2

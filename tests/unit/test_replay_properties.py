@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from engine.events import HistoryEvent, StateChanged, TalkerMessage, parse_event
 from engine.history import Message
-from engine.hub import EventHub, Frame, Subscription
+from engine.hub import Frame, LocalHub, Subscription
 from engine.store.base import EventRecord, SessionRecord, Store
 from engine.store.memory import MemoryStore
 from engine.store.sqlite import SqliteStore
@@ -69,8 +69,8 @@ class ModelServer:
         self.hub = self._hub()
         self.commits: list[asyncio.Task[None]] = []
 
-    def _hub(self) -> EventHub:
-        return EventHub(buffer_size=self.buffer, member_queue_size=10_000, persist=self._persist)
+    def _hub(self) -> LocalHub:
+        return LocalHub(buffer_size=self.buffer, member_queue_size=10_000, persist=self._persist)
 
     async def _persist(self, frames: list[Frame], messages: list[Message]) -> None:
         await asyncio.sleep(0)  # the write takes time: a crash now means it never happened

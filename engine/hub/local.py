@@ -1,4 +1,4 @@
-"""Fan-out of one session's events to its members, with a replay buffer.
+"""The in-process hub: one session's events fanned out to its members, with a replay buffer.
 
 Each event is serialized once and pushed onto every member's own bounded queue,
 so a slow member costs the others nothing: when its queue is full it is dropped
@@ -23,34 +23,24 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from engine.events import BaseEvent, HistoryEvent
 from engine.history import Message
+from engine.hub.base import (
+    CLOSE_RECONNECT,
+    CLOSE_SESSION_ENDED,
+    Frame,
+    Hub,
+    HubOptions,
+    Now,
+    Persist,
+    Snapshot,
+    Subscription,
+)
 
-Clock = Callable[[], datetime]
 log = logging.getLogger("fellowship.hub")
-
-CLOSE_SESSION_ENDED = "session ended"
-CLOSE_TOO_SLOW = "too slow: fell too far behind; reconnect with since=<last seq>"
-CLOSE_SHUTDOWN = "server shutting down"
-CLOSE_LEFT = "left"
-CLOSE_RECONNECT = "the missed events were trimmed while joining; reconnect with since=<last seq>"
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One serialized event ready for the wire."""
-
-    seq: int
-    type: str
-    data: str
-
-
-Persist = Callable[[list[Frame], list[Message]], Awaitable[None]]
-"""Stores frames and history messages durably, in one write; raises if it cannot."""
 
 
 @dataclass(slots=True)
@@ -72,79 +62,7 @@ class _Join:
     history: HistoryEvent | None  # None: replay the events after `since`
 
 
-class Subscription:
-    """A member's view of the stream: first frames (history or replay), then live frames."""
-
-    def __init__(self, hub: EventHub, member_id: int, limit: int) -> None:
-        self._hub = hub
-        self.member_id = member_id
-        self._limit = limit
-        self._frames: deque[Frame] = deque()
-        self._wakeup = asyncio.Event()
-        self.closed = False
-        self.close_reason: str | None = None
-
-    def push(self, frame: Frame) -> None:
-        """Queue a frame; a member that is too far behind is dropped instead."""
-        if self.closed:
-            return
-        if len(self._frames) >= self._limit:
-            self.close(CLOSE_TOO_SLOW, drain=False)
-            return
-        self._frames.append(frame)
-        self._wakeup.set()
-
-    def close(self, reason: str, *, drain: bool = True) -> None:
-        """Stop the stream; with `drain` the frames already queued are still delivered."""
-        if self.closed:
-            return
-        self.closed = True
-        self.close_reason = reason
-        if not drain:
-            self._frames.clear()
-        self._hub.discard(self)
-        self._wakeup.set()
-
-    @property
-    def pending(self) -> int:
-        """Frames queued and not yet read."""
-        return len(self._frames)
-
-    def take(self) -> list[Frame]:
-        """Every frame queued now, oldest first, without waiting (empty when none).
-
-        A transport that can write several frames at once takes a whole backlog in one
-        go: one write instead of one per frame is what keeps a burst cheap to deliver
-        to thousands of members.
-        """
-        frames = list(self._frames)
-        self._frames.clear()
-        return frames
-
-    async def wait(self) -> None:
-        """Return once a frame is queued or the stream is closed (frames stay queued)."""
-        while not self._frames and not self.closed:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-
-    async def next_frame(self) -> Frame | None:
-        """The next frame, or None once the stream is closed and drained."""
-        while not self._frames:
-            if self.closed:
-                return None
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        return self._frames.popleft()
-
-    def __aiter__(self) -> AsyncIterator[Frame]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Frame]:
-        while (frame := await self.next_frame()) is not None:
-            yield frame
-
-
-class EventHub:
+class LocalHub(Hub):
     """Numbers, stores (with `persist`), buffers and fans out one session's events.
 
     `last_seq` is the last number given; `durable_seq` the last one stored and
@@ -158,7 +76,7 @@ class EventHub:
         *,
         buffer_size: int,
         member_queue_size: int,
-        clock: Clock | None = None,
+        now: Now | None = None,
         first_seq: int = 0,
         persist: Persist | None = None,
     ) -> None:
@@ -166,11 +84,10 @@ class EventHub:
         self._buffer_size = buffer_size
         self._members: dict[int, Subscription] = {}
         self._queue_size = member_queue_size
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._now = now or (lambda: datetime.now(UTC))
         self._ids = itertools.count(1)
         self._persist = persist
-        # Told when a write of plain events fails (the session's loop ends the session).
-        self.on_persist_error: Callable[[Exception], None] | None = None
+        self.on_persist_error = None
         self._pending: list[_Write | _Join] = []
         self._flusher: asyncio.Task[None] | None = None
         self._close_reason = CLOSE_SESSION_ENDED
@@ -216,7 +133,7 @@ class EventHub:
     def _stamp(self, event: BaseEvent) -> Frame:
         self.last_seq += 1
         event.seq = self.last_seq
-        event.ts = self._clock()
+        event.ts = self._now()
         return Frame(event.seq, event.type, event.model_dump_json())
 
     def _enqueue(self, entry: _Write | _Join) -> None:
@@ -286,9 +203,7 @@ class EventHub:
         self.durable_seq = frames[-1].seq
 
     # --- members ----------
-    def subscribe(
-        self, snapshot: Callable[[], HistoryEvent], since: int | None = None
-    ) -> Subscription:
+    def subscribe(self, snapshot: Snapshot, since: int | None = None) -> Subscription:
         """Register a member; its first frames are the missed events or a `history` event.
 
         `since` is the last seq the member saw. When every event after it is still
@@ -297,7 +212,7 @@ class EventHub:
         While a write is under way the member joins behind it, so the snapshot's
         `seq` is that of the last event it covers, and that event is stored.
         """
-        sub = Subscription(self, next(self._ids), self._queue_size)
+        sub = Subscription(next(self._ids), self._queue_size, self.discard)
         replay = since is not None and self.floor <= since <= self.durable_seq
         join = _Join(sub, since, None if replay else snapshot())
         if self._flusher is None:
@@ -313,7 +228,7 @@ class EventHub:
         if join.history is not None:
             history = join.history
             history.seq = self.durable_seq
-            history.ts = self._clock()
+            history.ts = self._now()
             sub.push(Frame(history.seq, history.type, history.model_dump_json()))
         else:
             assert join.since is not None
@@ -367,3 +282,14 @@ class EventHub:
     def _close_members(self) -> None:
         for member in list(self._members.values()):
             member.close(self._close_reason)
+
+
+def local_hub(options: HubOptions) -> LocalHub:
+    """The `HubFactory` of a single process: every hub lives in this one."""
+    return LocalHub(
+        buffer_size=options.buffer_size,
+        member_queue_size=options.member_queue_size,
+        now=options.now,
+        first_seq=options.first_seq,
+        persist=options.persist,
+    )
