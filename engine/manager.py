@@ -189,7 +189,7 @@ class SessionManager:
             self._housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeper
-        loops = [loop for loop in self._loops.values() if loop.machine.state != "ended"]
+        loops = [loop for loop in self._loops.values() if loop.loop_state != "ended"]
         await asyncio.gather(*(loop.stop() for loop in loops), return_exceptions=True)
         await asyncio.gather(*(loop.wait_stopped() for loop in self._loops.values()))
         # Events still being written are stored (and delivered) before the store closes.
@@ -313,8 +313,8 @@ class SessionManager:
         return SessionStatus(
             id=session.id,
             name=record.name,
-            state=loop.lifecycle.state,
-            loop_state=loop.machine.state,
+            state=loop.state,
+            loop_state=loop.loop_state,
             participation=options.participation,
             turn_order=options.turn_order,
             created_at=record.created_at,
@@ -439,7 +439,7 @@ class SessionManager:
                 self._forget(expired.session)
         for loop in list(self._loops.values()):
             session = loop.session
-            if loop.lifecycle.state == "ended":
+            if loop.state == "ended":
                 continue
             max_time = session.options.max_time
             if max_time is not None and session.elapsed >= max_time:
@@ -468,7 +468,7 @@ class SessionManager:
 
     def live_sessions(self) -> int:
         """Sessions not ended."""
-        return sum(1 for loop in self._loops.values() if loop.machine.state != "ended")
+        return sum(1 for loop in self._loops.values() if loop.loop_state != "ended")
 
     # --- secrets at rest ----------
     def _storage_json(self, spec: SessionSpec, session_id: str) -> str:
