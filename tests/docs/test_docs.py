@@ -20,8 +20,8 @@ from typing import Any, get_args
 
 import pytest
 
-from engine.events import DebugCategory, EndReason
 from engine.chart import LOOP_STATES
+from engine.events import DebugCategory, EndReason
 from tests.docs import checks
 from tests.docs.markdown import DOCS, CodeBlock, code_blocks, doc_pages, label
 from tests.integration.conftest import RunningServer
