@@ -1,41 +1,69 @@
-"""State diagrams drawn from the machine classes themselves (SPEC §13).
+"""The session chart's picture and rules, drawn from the chart class itself (SPEC §13).
 
 `render_all()` gives every generated file (DOT, SVG when Graphviz is installed,
-and `docs/state-machines.md` with Mermaid text); `fellowship diagrams` writes
-them and `--check` compares them with what is committed.
+and `docs/state-machines.md` with the rules table and Mermaid text); `fellowship
+diagrams` writes them and `--check` compares them with what is committed.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from statemachine import State
 from statemachine.contrib.diagram import DotGraphMachine, MermaidGraphMachine
 
-from engine.machines import LifecycleMachine, LoopMachine
+from engine.chart import LOOP_STATES, SessionChart
 
-MACHINES = {"lifecycle": LifecycleMachine, "loop": LoopMachine}
+# One chart; the console and the docs know its picture as "loop".
+MACHINES = {"loop": SessionChart}
 _OBJECT_IDS = re.compile(r"(__(?:initial|atomic)_)\d+")
+# Callbacks every transition has by convention; not part of the rules.
+_CONVENTION = re.compile(r"^on_(transition|next)$")
 
 INTRO = """# State machines
 
-Fellowship's behaviour is defined by two `python-statemachine` classes in
-`engine/machines.py`. This page and the pictures in `docs/diagrams/` are generated
-from those classes by `fellowship diagrams` (`make diagrams`); `make test` fails
-when they are out of date, so what you read here is what the code does.
+Fellowship's behaviour is defined by one `python-statemachine` chart,
+`SessionChart` in `engine/chart.py`. This page and the pictures in `docs/diagrams/`
+are generated from that class by `fellowship diagrams` (`make diagrams`); `make test`
+fails when they are out of date, so what you read here is what the code does.
 
-- **Lifecycle**: the session as clients see it. `pause`, `resume` and `end` come
-  from the API; anything not drawn here answers 409.
-- **Loop**: the per-session driver. In `idle` it decides what comes next (a limit,
-  a summary, waiting for a talker, asking the orchestrator, or a bot turn).
-  A pause asked during `dispatching` takes effect after the reply is recorded.
+A session is one parallel state with two regions, plus its end:
+
+- **Lifecycle**: what clients asked for. `pause`, `resume` and `end` come from the
+  API; an event not drawn from the current state answers 409. Clients see
+  `active`, `paused` (`pause_asked`) and `ended` (`end_asked`, or the chart's
+  `ended`) as the status `state`.
+- **Loop**: what the driver (`engine/loop.py`) is doing; its state is the `state`
+  event and the status `loop_state`. In each loop state the driver does that
+  state's work, then sends `next`; the chart takes the first of the state's
+  transitions whose guard holds, in the order of the table below.
+- **Ended**: final. `finish` (a DELETE, the idle timeout, an unrecoverable error)
+  leaves both regions from anywhere; the loop's own rules end it too. A session
+  with `max_time` also has a deadline that ends it wherever the loop is.
+
+A pause only asks: the loop reaches `paused` at its next step, so a reply being
+generated (`dispatching`) or a summary being made is finished and recorded first,
+and an orchestrator's choice made meanwhile is dropped and made afresh at resume.
+
+## The work of each loop state
+
+| Loop state | The driver's work before `next` |
+|---|---|
+| `idle` | nothing, or the `turn_delay` when a rest was taken |
+| `awaiting_talker` | wait for a talker message or a pause |
+| `orchestrating` | ask the orchestrator who speaks (one LLM call) |
+| `dispatching` | reserve the speaker's slot (round robin: next in turn), run the turn |
+| `summarizing` | summarize the context (one LLM call) |
+| `paused` | wait for a resume |
 """
 
 
 def dot_source(name: str) -> str:
-    """Graphviz DOT text of one machine, with object ids replaced by stable names."""
+    """Graphviz DOT text of one chart, with object ids replaced by stable names."""
     graph = DotGraphMachine(MACHINES[name])()  # type: ignore[no-untyped-call]
     stable: dict[str, str] = {}
 
@@ -46,20 +74,47 @@ def dot_source(name: str) -> str:
 
 
 def mermaid_source(name: str) -> str:
-    """Mermaid `stateDiagram-v2` text of one machine."""
+    """Mermaid `stateDiagram-v2` text of one chart."""
     text = MermaidGraphMachine(MACHINES[name])()  # type: ignore[no-untyped-call]
     return str(text).rstrip() + "\n"
 
 
+def rules_table() -> str:
+    """The loop's `next` transitions, state by state, in the order the chart tries them."""
+    rows = ["| In | `next` when | goes to | and |", "|---|---|---|---|"]
+    for state_id in LOOP_STATES:
+        state: State = SessionChart.states_map[state_id]
+        for transition in state.transitions:
+            if "next" not in {str(event) for event in transition.events}:
+                continue
+            guards = " and ".join(f"`{c}`" for c in transition.cond) or "always"
+            target = "(stays)" if transition.target is None else f"`{transition.target.id}`"
+            actions = [str(c) for c in transition.on if not _CONVENTION.match(str(c))]
+            rows.append(f"| `{state_id}` | {guards} | {target} | {', '.join(actions) or '—'} |")
+    return "\n".join(rows) + "\n"
+
+
+def callbacks_table() -> str:
+    """Each guard and action the chart names, with what it means (its docstring)."""
+    rows = ["| Guard or action | Meaning |", "|---|---|"]
+    rows.append("| `In('pause_asked')` | A client asked to pause (the lifecycle region). |")
+    for name, member in vars(SessionChart).items():
+        if name.startswith("_") or not inspect.isfunction(member) or not member.__doc__:
+            continue
+        if name in {"fire", "allows"} or name.startswith("on_enter") or name.startswith("on_exit"):
+            continue
+        rows.append(f"| `{name}` | {inspect.cleandoc(member.__doc__)} |")
+    return "\n".join(rows) + "\n"
+
+
 def markdown_page() -> str:
-    """`docs/state-machines.md`: the intro plus one Mermaid block and picture per machine."""
-    parts = [INTRO]
-    for name in MACHINES:
-        parts.append(
-            f"\n## {name.capitalize()} machine\n\n![{name}](diagrams/{name}.svg)\n\n"
-            f"```mermaid\n{mermaid_source(name)}```\n"
-        )
-    return "".join(parts)
+    """`docs/state-machines.md`: the intro, the rules, the picture and its Mermaid text."""
+    return (
+        f"{INTRO}\n## The rules of the loop\n\n{rules_table()}\n"
+        f"## Guards and actions\n\n{callbacks_table()}\n"
+        "## The chart\n\n![session chart](diagrams/loop.svg)\n\n"
+        f"```mermaid\n{mermaid_source('loop')}```\n"
+    )
 
 
 def render_all(docs_dir: Path, *, svg: bool) -> dict[Path, str]:

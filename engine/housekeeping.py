@@ -56,7 +56,7 @@ class Housekeeper:
             self._sessions.forget(session_id)
         for loop in self._sessions.loops():
             session = loop.session
-            if loop.lifecycle.state == "ended":
+            if loop.state == "ended":
                 continue
             if not session.members and now - session.last_activity >= session.ttl:
                 await loop.end("idle_timeout")

@@ -1,9 +1,11 @@
-"""The per-session driver: one asyncio task that walks the loop machine.
+"""The per-session driver: one asyncio task that walks the session chart.
 
-In every state the driver does the one thing that state is for (decide, run a
-turn, wait for a talker, wait for resume, summarize), then moves the machine on by
-sending it an event; the transitions' callbacks reserve slots, emit events and
-end the session. At most one LLM call is in flight per session. The driver never
+In every loop state the driver does the one thing that state is for (rest after a
+turn, ask the orchestrator, run a turn, summarize, wait for a talker or a resume),
+then sends the chart `next`; the chart's guards decide where the loop goes, and its
+actions emit events and end the session (engine/chart.py). At most one LLM call is
+in flight per session. A session with `max_time` also has a deadline task that ends
+it wherever the loop is, as a DELETE would. The driver never
 dies of an exception: it logs it, emits `error` and goes on, unless the error is
 unrecoverable (storage failure, or internal errors repeating) — then the session
 ends with reason `error`. A turn whose backend cannot be reached at all is held, not
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+from engine.chart import SessionChart
 from engine.errors import FellowshipError, InvalidState
 from engine.events import (
     BaseEvent,
@@ -32,7 +35,6 @@ from engine.events import (
 )
 from engine.history import Message
 from engine.hub import CLOSE_SESSION_ENDED
-from engine.machines import LifecycleMachine, LoopMachine
 from engine.outage import answers, is_outage, outage_notice, retry_delays
 from engine.rectifier import Slot
 from engine.session import Member, Session
@@ -45,7 +47,7 @@ Summarizer = Callable[[Session], Awaitable[bool]]
 
 
 class SessionLoop:
-    """Drives one session through its machines."""
+    """Drives one session through its chart."""
 
     def __init__(
         self,
@@ -60,10 +62,6 @@ class SessionLoop:
         self.selector: SpeakerSelector = selector or RoundRobin()
         self._summarizer = summarizer
         self._on_end = on_end
-        # A session restored from the store starts where it was left: paused or ended.
-        self.lifecycle = LifecycleMachine(self, start=restored)
-        self.machine = LoopMachine(self, start=restored)
-        session.loop_state = self.machine.state
         options = session.options
         # Autonomous sessions start at once; the others at the first talker message.
         self.started = options.participation == "autonomous"
@@ -71,24 +69,56 @@ class SessionLoop:
         self.unanswered = 0  # talker messages not yet answered by a batch
         self._signal = asyncio.Event()
         self._slot: Slot | None = None
-        self._pending_decision: Decision | None = None
+        self._decision: Decision | None = None  # the orchestrator's last choice
+        self._seen = 0  # talker messages the orchestrator saw when it chose
         self._after_bot_turn = False
+        self._resting = False
+        self._summary_failed = False
         self._task: asyncio.Task[None] | None = None
+        self._deadline: asyncio.Task[None] | None = None
         self._errors_in_a_row = 0
         self.template_watch = TemplateWatch(session)
         self.ended = asyncio.Event()
         self._changed = asyncio.Event()
         self._ending: asyncio.Task[None] | None = None
+        self._end_reason = ""
+        # A session restored from the store starts where it was left: paused or ended.
+        self.chart = SessionChart(self, start=restored)
+        session.loop_state = self.loop_state
+        self._work: dict[str, Callable[[], Awaitable[None]]] = {
+            "idle": self._idle,
+            "awaiting_talker": self._until_movable,
+            "orchestrating": self._orchestrate,
+            "dispatching": self._run_turn,
+            "summarizing": self._summarize,
+            "paused": self._until_movable,
+        }
         session.hub.on_persist_error = self._events_not_stored
+
+    # --- reading ----------
+    @property
+    def state(self) -> str:
+        """The session as clients see it: "active", "paused" or "ended"."""
+        return self.chart.lifecycle
+
+    @property
+    def loop_state(self) -> str:
+        """What the loop is doing (the `state` event's value)."""
+        return self.chart.loop
 
     # --- task ----------
     def start(self) -> None:
-        """Start the driver task."""
+        """Start the driver task, and the `max_time` deadline if the spec sets one."""
         self._task = asyncio.create_task(self._run(), name=f"loop-{self.session.id}")
+        if self.session.options.max_time is not None and self.state != "ended":
+            self._deadline = asyncio.create_task(
+                self._end_at_max_time(self.session.options.max_time),
+                name=f"deadline-{self.session.id}",
+            )
 
     async def _run(self) -> None:
         settings = self.session.deps.settings
-        while self.machine.state != "ended":
+        while self.loop_state != "ended":
             try:
                 await self._step()
                 self._errors_in_a_row = 0
@@ -99,7 +129,7 @@ class SessionLoop:
                 await self._finish("error", exc.message)
             except Exception as exc:
                 self._errors_in_a_row += 1
-                self.session.log.exception("loop error in state %s", self.machine.state)
+                self.session.log.exception("loop error in state %s", self.loop_state)
                 self.session.emit(ErrorEvent(message=f"internal error: {exc}", code="internal"))
                 if self._errors_in_a_row >= settings.loop_max_consecutive_errors:
                     await self._finish("error", "internal errors repeated")
@@ -107,85 +137,59 @@ class SessionLoop:
                     await asyncio.sleep(settings.loop_error_backoff)
 
     async def _step(self) -> None:
-        state = self.machine.state
-        if state == "idle":
-            await self._decide()
-        elif state == "orchestrating":
-            await self._orchestrate()
-        elif state == "dispatching":
-            await self._run_turn()
-        elif state == "summarizing":
-            await self._summarize()
-        elif state == "awaiting_talker":
-            await self._await_talker()
-        elif state == "paused":
-            await self._await_resume()
+        """Do the work of the current loop state, then let the chart take its next move."""
+        await self._work[self.loop_state]()
+        self.chart.fire("next")
+        if self.loop_state == "ended":
+            await self._closed()
 
-    # --- states ----------
-    async def _decide(self) -> None:
-        session, options = self.session, self.session.options
-        if self.lifecycle.state == "paused":
-            self.machine.fire("pause")
-            return
-        reason = self._limit_reached()
-        if reason is not None:
-            await self._finish(reason)
-            return
-        if self._needs_summary():
-            self.machine.fire("summarize")
-            return
-        if not self._owes_turn():
-            self.machine.fire("wait")
-            return
-        if self._after_bot_turn and options.turn_delay > 0:
-            self._after_bot_turn = False
-            await asyncio.sleep(options.turn_delay)
-            return  # decide again: a pause or limit may have come meanwhile
-        if self.selector.deliberates:
-            self.machine.fire("choose")
-            return
-        decision = await self.selector.select(session)
-        await self._apply(decision)
+    async def _end_at_max_time(self, max_time: float) -> None:
+        # Wherever the loop is (waiting for a talker, paused, in a turn), the session ends
+        # at `max_time` as a DELETE would; in `idle` the chart's limit rule may come first.
+        await asyncio.sleep(max_time - self.session.elapsed)
+        with contextlib.suppress(InvalidState):
+            await self.end("max_time")
+
+    # --- the work of each loop state ----------
+    async def _idle(self) -> None:
+        if self._resting:
+            # The chart checks again after the delay: a pause or limit may have come meanwhile.
+            self._resting = False
+            await asyncio.sleep(self.session.options.turn_delay)
 
     async def _orchestrate(self) -> None:
-        seen = self.unanswered
-        decision = await self.selector.select(self.session)
-        if self.lifecycle.state == "paused":
-            # The choice is dropped: it is made afresh, on the history as it is, at resume.
-            self.machine.fire("pause")
-            return
-        if decision.action == "hold":
-            # Messages the orchestrator already saw do not end its hold; only newer ones do.
-            self.unanswered -= seen
-        await self._apply(decision)
+        self._seen = self.unanswered
+        self._decision = None
+        self._decision = await self.selector.select(self.session)
 
-    async def _apply(self, decision: Decision) -> None:
-        if decision.action == "end":
-            await self._finish("orchestrator", decision.reason)
-        elif decision.action == "hold":
-            self.machine.fire("hold")
-        else:
-            assert decision.bot is not None
-            await self._dispatch(decision.bot)
+    async def _dispatch(self) -> Slot:
+        """Reserve the chosen bot's slot (round robin: the next in turn) and announce it."""
+        decision, self._decision = self._decision, None
+        if decision is None:
+            decision = await self.selector.select(self.session)
+        bot = decision.bot
+        assert decision.action == "speak" and bot is not None
 
-    async def _dispatch(self, bot: str) -> None:
         def place() -> tuple[Message | None, list[BaseEvent]]:
-            self.machine.fire("dispatch", bot=bot)
-            assert self._slot is not None
-            reserved = self.session.history.get(self._slot.turn) if self._slot.turn else None
-            return reserved, [TurnStart(bot=bot, turn=self._slot.turn)]
+            session = self.session
+            slot, reserved = session.rectifier.dispatch(bot)
+            self._slot = slot
+            session.record.bot_turns += 1
+            session.debug("rectification", action="reserve", bot=bot, turn=slot.turn)
+            return reserved, [TurnStart(bot=bot, turn=slot.turn)]
 
         await self._record(place)
+        assert self._slot is not None
+        return self._slot
 
     async def _run_turn(self) -> None:
-        slot = self._slot
-        assert slot is not None
+        # A turn retried after an internal error keeps the slot it reserved.
+        slot = self._slot or await self._dispatch()
         outcome = await run_turn(self.session, slot, self.template_watch)
         if await is_outage(outcome.error, self.session.backend, self.session.deps.settings):
             outcome = await self._wait_out_outage(slot, outcome)
         await self._settle(slot, outcome)
         self._after_bot_turn = True
-        self.machine.fire("turn_done")
 
     async def _wait_out_outage(self, slot: Slot, outcome: TurnOutcome) -> TurnOutcome:
         """The backend is down: say so once, then try the turn again whenever it answers.
@@ -228,7 +232,7 @@ class SessionLoop:
         """Wait `seconds`, but return False as soon as the session is paused."""
         try:
             async with asyncio.timeout(seconds):
-                while self.lifecycle.state != "paused":
+                while self.state != "paused":
                     await self._wait_signal()
         except TimeoutError:
             return True
@@ -274,41 +278,19 @@ class SessionLoop:
 
     async def _summarize(self) -> None:
         assert self._summarizer is not None
-        ok = await self._summarizer(self.session)
-        if not ok:
-            await self._finish("max_context", "summarization failed")
-            return
-        self.machine.fire("summarized")
+        self._summary_failed = not await self._summarizer(self.session)
 
-    async def _await_talker(self) -> None:
-        while True:
-            if self.lifecycle.state == "paused":
-                self.machine.fire("pause")
-                return
-            if self.unanswered > 0:
-                self.machine.fire("wake")
-                return
+    async def _until_movable(self) -> None:
+        """Wait (for a talker message, a pause or a resume) until the chart can move on."""
+        while not self.chart.allows("next"):
             await self._wait_signal()
-
-    async def _await_resume(self) -> None:
-        while self.lifecycle.state == "paused":
-            await self._wait_signal()
-        self.machine.fire("resume")
 
     async def _wait_signal(self) -> None:
         self._signal.clear()
         await self._signal.wait()
 
-    # --- rules ----------
-    def _owes_turn(self) -> bool:
-        participation = self.session.options.participation
-        if not self.started:
-            return False
-        if participation == "reactive":
-            return self.replies_owed > 0
-        return True
-
-    def _limit_reached(self) -> str | None:
+    # --- guards (LoopDriver) ----------
+    def limit_reached(self) -> str | None:
         session, options = self.session, self.session.options
         if options.max_turns is not None and session.record.bot_turns >= options.max_turns:
             return "max_turns"
@@ -318,41 +300,65 @@ class SessionLoop:
             return "max_context"
         return None
 
-    def _needs_summary(self) -> bool:
+    def needs_summary(self) -> bool:
         session, options = self.session, self.session.options
         if not options.summarize_context or self._summarizer is None:
             return False
         threshold = options.summarize_threshold or session.deps.settings.summarize_threshold
         return session.context_tokens >= threshold * session.context_limit
 
-    # --- machine callbacks (LoopActions) -------------------------------------------------------
-    def on_state(self, machine: str, source: str, target: str, event: str) -> None:
-        session = self.session
-        session.log.debug("%s: %s -> %s (%s)", machine, source, target, event)
-        if machine == "loop":
-            session.loop_state = target
-            self._changed.set()
-        if session.hub.closed:
-            return  # the end was announced by on_finish; nothing may follow session_end
-        if machine == "loop":
-            session.emit(StateChanged(state=target))
-        session.debug("loop", machine=machine, source=source, target=target, event=event)
+    def owes_turn(self) -> bool:
+        if not self.started:
+            return False
+        if self.session.options.participation == "reactive":
+            return self.replies_owed > 0
+        return True
 
-    def on_dispatch(self, bot: str) -> None:
-        session = self.session
-        self._slot, _ = session.rectifier.dispatch(bot)
-        session.record.bot_turns += 1
-        session.debug("rectification", action="reserve", bot=bot, turn=self._slot.turn)
+    def turn_delay_due(self) -> bool:
+        return self._after_bot_turn and self.session.options.turn_delay > 0
 
-    def on_wake(self) -> None:
+    def orchestrated(self) -> bool:
+        return self.selector.deliberates
+
+    def talker_waiting(self) -> bool:
+        return self.unanswered > 0
+
+    def choice(self) -> Decision | None:
+        return self._decision
+
+    def summary_failed(self) -> bool:
+        return self._summary_failed
+
+    # --- actions (LoopDriver) ----------
+    def rest(self) -> None:
+        self._after_bot_turn = False
+        self._resting = True
+
+    def wake(self) -> None:
         # A batch of talker messages is answered by `replies_per_message` bot turns.
         self.replies_owed = self.session.options.replies_per_message
         self.unanswered = 0
 
-    def on_finish(self, reason: str, detail: str | None) -> None:
+    def hold(self) -> None:
+        # Messages the orchestrator already saw do not end its hold; only newer ones do.
+        self.unanswered -= self._seen
+        self._decision = None
+
+    def state_changed(self, region: str, source: str, target: str, event: str) -> None:
         session = self.session
-        if self.lifecycle.state != "ended":
-            self.lifecycle.fire("end")
+        session.log.debug("%s: %s -> %s (%s)", region, source, target, event)
+        if region == "loop":
+            session.loop_state = target
+            self._changed.set()
+        if session.hub.closed:
+            return  # the end was announced by `finished`; nothing may follow session_end
+        if region == "loop":
+            session.emit(StateChanged(state=target))
+        session.debug("loop", machine=region, source=source, target=target, event=event)
+
+    def finished(self, reason: str, detail: str | None) -> None:
+        session = self.session
+        self._end_reason = reason
         session.loop_state = "ended"
         session.emit(StateChanged(state="ended"))
         session.emit(SessionEnd.model_validate({"reason": reason, "detail": detail}))
@@ -368,14 +374,14 @@ class SessionLoop:
 
     def at_rest(self) -> bool:
         """Whether the loop is waiting for a talker with nothing left to answer, or ended."""
-        state = self.machine.state
+        state = self.loop_state
         return state == "ended" or (state == "awaiting_talker" and self.unanswered == 0)
 
     # --- commands from clients ----------
     async def post(self, member: Member, content: str) -> Message:
         """Place a talker message in history and wake the loop."""
         session = self.session
-        if self.lifecycle.state == "ended":
+        if self.state == "ended":
             raise InvalidState("the session has ended", code="session_ended")
         placed: list[Message] = []
 
@@ -400,7 +406,7 @@ class SessionLoop:
         except StorageError as exc:
             # As in the driver: never go on with a history that could not be stored.
             session.log.error("storage failure, ending session: %s", exc.message)
-            if self.lifecycle.state != "ended":
+            if self.state != "ended":
                 await self.end("error", exc.message)
             raise
         session.touch()
@@ -411,21 +417,21 @@ class SessionLoop:
 
     def pause(self) -> None:
         """Stop new LLM calls; a reply being generated is still finished and recorded."""
-        self.lifecycle.fire("pause")
+        self.chart.fire("pause")
         self.session.emit(SessionPaused())
         self._signal.set()
 
     def resume(self) -> None:
         """Let the loop go on from where it stopped."""
-        self.lifecycle.fire("resume")
+        self.chart.fire("resume")
         self.session.emit(SessionResumed())
         self._signal.set()
 
     async def end(self, reason: str, detail: str | None = None) -> None:
         """End the session now: stop the driver, tombstone a turn in flight, emit session_end."""
-        if self.lifecycle.state == "ended":
+        if self.state == "ended":
             raise InvalidState("the session has already ended", code="session_ended")
-        self.lifecycle.fire("end")
+        self.chart.fire("end")
         await self._stop_task()
         if self._slot is not None:
             slot, self._slot = self._slot, None
@@ -436,7 +442,7 @@ class SessionLoop:
 
     def _events_not_stored(self, exc: Exception) -> None:
         # As with history: never go on with events that could not be stored.
-        if self.lifecycle.state == "ended" or self._ending is not None:
+        if self.state == "ended" or self._ending is not None:
             return
         self.session.log.error("storage failure (events), ending session: %s", exc)
         self._ending = asyncio.create_task(self._end_quietly("error", f"events not stored: {exc}"))
@@ -447,6 +453,8 @@ class SessionLoop:
 
     async def stop(self) -> None:
         """Stop the driver without ending the session (server shutdown)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
         await self._stop_task()
 
     async def wait_stopped(self) -> None:
@@ -464,14 +472,21 @@ class SessionLoop:
             await task
 
     async def _finish(self, reason: str, detail: str | None = None) -> None:
-        if self.machine.state == "ended":
+        if self.loop_state == "ended":
             return
-        self.machine.fire("finish", reason=reason, detail=detail)
+        self.chart.fire("finish", reason=reason, detail=detail)
+        await self._closed()
+
+    async def _closed(self) -> None:
+        """After the end: stop the deadline, let the manager know, store the end."""
+        deadline = self._deadline
+        if deadline is not None and deadline is not asyncio.current_task():
+            deadline.cancel()
         session = self.session
         if self._on_end is not None:
             self._on_end(session)
         with contextlib.suppress(Exception):
-            await session.save(state="ended", ended_at=session.now(), end_reason=reason)
+            await session.save(state="ended", ended_at=session.now(), end_reason=self._end_reason)
 
     async def _record(self, place: Callable[[], tuple[Message | None, list[BaseEvent]]]) -> None:
         try:

@@ -113,7 +113,7 @@ class SessionManager:
         self._closed = True
         await self._housekeeper.stop()
         every = self._sessions.loops()
-        loops = [loop for loop in every if loop.machine.state != "ended"]
+        loops = [loop for loop in every if loop.loop_state != "ended"]
         await asyncio.gather(*(loop.stop() for loop in loops), return_exceptions=True)
         await asyncio.gather(*(loop.wait_stopped() for loop in every))
         # Events still being written are stored (and delivered) before the store closes.
@@ -222,8 +222,8 @@ class SessionManager:
         return SessionStatus(
             id=session.id,
             name=record.name,
-            state=loop.lifecycle.state,
-            loop_state=loop.machine.state,
+            state=loop.state,
+            loop_state=loop.loop_state,
             participation=options.participation,
             turn_order=options.turn_order,
             created_at=record.created_at,

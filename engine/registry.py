@@ -68,4 +68,4 @@ class SessionRegistry:
 
     def live_count(self) -> int:
         """Sessions not ended."""
-        return sum(1 for loop in self._loops.values() if loop.machine.state != "ended")
+        return sum(1 for loop in self._loops.values() if loop.loop_state != "ended")

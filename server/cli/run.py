@@ -109,7 +109,7 @@ async def _converse(manager: SessionManager, handle: Handle, name: str | None) -
     finally:
         if reader is not None:
             reader.cancel()
-        if handle.loop.lifecycle.state != "ended":
+        if handle.loop.state != "ended":
             with contextlib.suppress(FellowshipError):
                 await manager.end(handle)
     return 0
@@ -128,7 +128,7 @@ async def _read_stdin(manager: SessionManager, handle: Handle, member: Member) -
     # End of input: let the bots answer what was said, then end.
     loop = handle.loop
     await loop.wait_until(SessionLoop.at_rest)
-    if loop.lifecycle.state != "ended":
+    if loop.state != "ended":
         await manager.end(handle)
 
 

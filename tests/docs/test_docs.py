@@ -20,8 +20,8 @@ from typing import Any, get_args
 
 import pytest
 
+from engine.chart import LOOP_STATES
 from engine.events import DebugCategory, EndReason
-from engine.machines import LoopMachine
 from tests.docs import checks
 from tests.docs.markdown import DOCS, CodeBlock, code_blocks, doc_pages, label
 from tests.integration.conftest import RunningServer
@@ -138,7 +138,7 @@ def test_event_examples_are_valid_events_and_cover_every_type() -> None:
 
 
 def test_end_reasons_debug_categories_and_loop_states_are_all_named() -> None:
-    states = [state.id for state in LoopMachine.states]
+    states = list(LOOP_STATES)
     names = [*get_args(EndReason), *get_args(DebugCategory), *states]
     assert checks.missing_names(EVENTS, names) == []
 

@@ -124,7 +124,7 @@ async def test_pausing_during_an_outage_gives_the_turn_up_without_a_second_error
     await watcher.wait_type("error")
     await manager.pause(handle)
     await watcher.wait_type("turn_end")
-    paused = handle.loop.wait_until(lambda loop: loop.machine.state == "paused")
+    paused = handle.loop.wait_until(lambda loop: loop.loop_state == "paused")
     await asyncio.wait_for(paused, WAIT_SECONDS)
     assert [e.code for e in watcher.of_type("error")] == ["backend_unreachable"]
     assert [(e.turn, e.status) for e in watcher.of_type("turn_end")] == [(1, "failed")]

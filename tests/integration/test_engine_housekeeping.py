@@ -43,10 +43,10 @@ async def test_a_sweep_ends_a_session_left_alone_for_its_ttl(
     )
     clock.advance(59)
     await manager.sweep()
-    assert handle.loop.lifecycle.state == "active"
+    assert handle.loop.state == "active"
     clock.advance(1)
     await manager.sweep()
-    assert handle.loop.lifecycle.state == "ended"
+    assert handle.loop.state == "ended"
     assert handle.session.record.end_reason == "idle_timeout"
 
 
@@ -59,7 +59,7 @@ async def test_a_connected_member_keeps_a_session_from_idling_out(
     manager.connect(handle, "observer", None, None)
     clock.advance(3600)
     await manager.sweep()
-    assert handle.loop.lifecycle.state == "active"
+    assert handle.loop.state == "active"
 
 
 async def test_an_ended_session_is_forgotten_once_its_retention_passes(
@@ -69,7 +69,7 @@ async def test_an_ended_session_is_forgotten_once_its_retention_passes(
     await manager.end(manager.open(created.token))
     clock.advance(RETENTION - 1)
     await manager.sweep()
-    assert manager.open(created.token).loop.lifecycle.state == "ended"
+    assert manager.open(created.token).loop.state == "ended"
     clock.advance(2)
     await manager.sweep()
     with pytest.raises(NotFound):

@@ -74,7 +74,7 @@ async def run_scenario(
     talkers = [watch(manager, handle, "talker", n) for n in ("Dana", "Eli")]
     sent: list[str] = []
     for index, (action, arg) in enumerate(actions):
-        if handle.loop.lifecycle.state == "ended":
+        if handle.loop.state == "ended":
             break
         with contextlib.suppress(InvalidState):
             if action == "talk":

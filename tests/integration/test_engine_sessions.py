@@ -201,6 +201,34 @@ async def test_max_time_ends_a_session_that_is_waiting(manager_factory: Any, moc
     assert watcher.of_type("session_end")[0].reason == "max_time"
 
 
+async def test_the_loop_alone_ends_a_paused_session_at_max_time(
+    manager_factory: Any, mock: MockLLM
+) -> None:
+    # Housekeeping is too slow to be the one ending it.
+    manager = await manager_factory(housekeeping_interval=3600)
+    created = await manager.create(spec(["A"], participation="reactive", max_time=0.3))
+    handle = manager.open(created.token)
+    watcher = watch(manager, handle)
+    await manager.pause(handle)
+    await watcher.until_closed()
+    assert watcher.of_type("session_end")[0].reason == "max_time"
+    assert [e.state for e in watcher.of_type("state")][-1] == "ended"
+
+
+async def test_max_time_during_a_turn_tombstones_it_and_ends_the_session(
+    manager_factory: Any, mock: MockLLM
+) -> None:
+    manager = await manager_factory(housekeeping_interval=3600)
+    mock.enqueue(MockReply(content="never finished", delay_ms=5000))
+    created = await manager.create(spec(["A"], max_time=0.3))
+    handle = manager.open(created.token)
+    watcher = watch(manager, handle)
+    await watcher.until_closed()
+    assert watcher.of_type("session_end")[0].reason == "max_time"
+    assert [e.code for e in watcher.of_type("error")] == ["cancelled"]
+    assert [m.status for m in manager.history(handle)] == ["failed"]
+
+
 async def test_idle_session_with_nobody_connected_ends_by_ttl(
     manager_factory: Any, mock: MockLLM
 ) -> None:

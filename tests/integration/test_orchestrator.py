@@ -277,7 +277,7 @@ async def test_hold_waits_for_the_next_talker_message(
     await manager.post(handle, talker.member, "Alice, what do you think?")
     await talker.wait_type("bot_message")
     await handle.loop.wait_until(lambda loop: loop.at_rest())
-    assert handle.loop.machine.state == "awaiting_talker"
+    assert handle.loop.loop_state == "awaiting_talker"
     assert len(mock.requests) == 3  # orchestrator, Alice, orchestrator (hold); nothing since
     assert mock.requests[2].tools and "Dana" in mock.requests[2].system_prompt
     await manager.post(handle, talker.member, "Everyone quiet now... Bob, your turn.")
