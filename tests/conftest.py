@@ -8,27 +8,18 @@ found (or started) once per run, and only when a test needs them.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NoReturn
 
 import pytest
 
 from tests.support.services import (
-    REQUIRED_VARIABLE,
     Postgres,
     Redis,
     ServiceUnavailable,
     find_or_start_postgres,
     find_or_start_redis,
-    required,
     run_sync,
+    unavailable,
 )
-
-
-def _unavailable(what: str, problem: ServiceUnavailable) -> NoReturn:
-    message = f"{what} is not available: {problem}"
-    if required():
-        pytest.fail(f"{message} ({REQUIRED_VARIABLE} is set)", pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +28,7 @@ def postgres_service() -> Iterator[Postgres]:
     try:
         service = find_or_start_postgres()
     except ServiceUnavailable as problem:
-        _unavailable("PostgreSQL", problem)
+        unavailable("PostgreSQL", problem)
     yield service
     service.stop()
 
@@ -56,7 +47,7 @@ def redis_service() -> Iterator[Redis]:
     try:
         service = find_or_start_redis()
     except ServiceUnavailable as problem:
-        _unavailable("Redis", problem)
+        unavailable("Redis", problem)
     yield service
     service.stop()
 

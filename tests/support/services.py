@@ -36,10 +36,11 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import pytest
 import redis
 
 T = TypeVar("T")
@@ -68,6 +69,14 @@ class ServiceUnavailable(Exception):
 def required() -> bool:
     """Whether a missing service fails the tests (CI) rather than skipping them."""
     return os.environ.get(REQUIRED_VARIABLE, "") not in ("", "0", "false", "no")
+
+
+def unavailable(what: str, problem: ServiceUnavailable) -> NoReturn:
+    """Skip the test that needs `what`, or fail it when the services are required."""
+    message = f"{what} is not available: {problem}"
+    if required():
+        pytest.fail(f"{message} ({REQUIRED_VARIABLE} is set)", pytrace=False)
+    pytest.skip(message)
 
 
 def run_sync(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
