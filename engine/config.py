@@ -25,6 +25,10 @@ SECRET_KEY_BYTES = 32
 """Length of one `SECRET_KEY` key once decoded (AES-256; the format of `Fernet.generate_key`)."""
 
 
+DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
+"""How a `DATABASE_URL` may start: both spellings libpq accepts."""
+
+
 class ConfigError(Exception):
     """Raised at start-up when the configuration is invalid; the message says why."""
 
@@ -375,6 +379,12 @@ class Settings(BaseSettings):
     database_path: Path = Field(
         Path("data/fellowship.db"), description="SQLite database file (created if missing)."
     )
+    database_url: SecretStr = Field(
+        SecretStr(""),
+        description="PostgreSQL to keep everything in instead of DATABASE_PATH "
+        "(postgresql://user:password@host:port/database; empty: SQLite). Its password is "
+        "a secret.",
+    )
     db_synchronous: Literal["OFF", "NORMAL", "FULL"] = Field(
         "NORMAL",
         description="SQLite synchronous mode. With WAL, NORMAL loses no committed write "
@@ -411,6 +421,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, url: SecretStr) -> SecretStr:
+        # The URL is never echoed back: it may carry a password.
+        text = url.get_secret_value().strip()
+        if text and not text.startswith(DATABASE_URL_SCHEMES):
+            raise ValueError("must start with postgresql:// (or be empty for SQLite)")
+        return SecretStr(text)
 
     @field_validator("secret_key")
     @classmethod

@@ -20,7 +20,7 @@ from engine.backend_status import BackendBoard
 from engine.config import Settings
 from engine.default_backend import external_board
 from engine.manager import SessionManager
-from engine.store.sqlite import SqliteStore
+from engine.store import configured_store
 from server import console, errors, routes, sse, ws
 from server.openapi import TAGS, FellowshipOpenAPI, api_info
 from server.ratelimit import RateLimiter
@@ -79,7 +79,7 @@ def create_app(
     )
     state = ServerState(
         settings,
-        manager or SessionManager(settings, store=SqliteStore.from_settings(settings)),
+        manager or SessionManager(settings, store=configured_store(settings)),
         RateLimiter(settings.rate_limit_per_minute),
         backend or external_board(settings),
     )

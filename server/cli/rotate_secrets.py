@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import Settings, decode_secret_key, get_settings
+from engine.config import decode_secret_key, get_settings
 from engine.spec.models import SECRET_FIELDS
-from engine.store.base import StorageError
+from engine.store.base import StorageError, Store
+from engine.store.postgres import PostgresStore
 from engine.store.secrets import SecretBox, SecretUnreadable, StoredSecrets, rotate_stored
 from engine.store.sqlite import SqliteStore
 
@@ -41,7 +42,10 @@ def register(sub: Any) -> None:
         help="a key that opens the stored secrets now (default: SECRET_KEY)",
     )
     parser.add_argument(
-        "--database", type=Path, metavar="FILE", help="the database (default: DATABASE_PATH)"
+        "--database",
+        type=Path,
+        metavar="FILE",
+        help="the SQLite database (default: DATABASE_URL if set, else DATABASE_PATH)",
     )
     parser.set_defaults(handler=_handle)
 
@@ -56,26 +60,32 @@ def _handle(args: argparse.Namespace) -> int:
             # The key itself is never echoed, not even a wrong one.
             print(f"fellowship: {exc} (make one with `fellowship secret-key`)", file=sys.stderr)
             return 2
-    path: Path = args.database or settings.database_path
-    if not path.exists():
-        print(f"fellowship: no database at {path}", file=sys.stderr)
-        return 1
+    if args.database is None and settings.database_url.get_secret_value():
+        postgres = PostgresStore.from_settings(settings)
+        store: Store = postgres
+        where = postgres.where
+    else:
+        path: Path = args.database or settings.database_path
+        if not path.exists():
+            print(f"fellowship: no database at {path}", file=sys.stderr)
+            return 1
+        store = SqliteStore.from_settings(settings.model_copy(update={"database_path": path}))
+        where = str(path)
     box = SecretBox(keys)
     try:
-        report = asyncio.run(_rotate(path, settings, box))
+        report = asyncio.run(_rotate(store, box))
     except (SecretUnreadable, StorageError) as exc:
         print(f"fellowship: nothing changed: {exc.message}", file=sys.stderr)
         return 1
     moved = len({*report.sealed, *report.resealed})
     print(
-        f"re-encrypted the API keys of {moved} sessions under key {box.key_ids[0]} in {path}; "
+        f"re-encrypted the API keys of {moved} sessions under key {box.key_ids[0]} in {where}; "
         "set SECRET_KEY to the new key before starting the server"
     )
     return 0
 
 
-async def _rotate(path: Path, settings: Settings, box: SecretBox) -> StoredSecrets:
-    store = SqliteStore.from_settings(settings.model_copy(update={"database_path": path}))
+async def _rotate(store: Store, box: SecretBox) -> StoredSecrets:
     await store.open()
     try:
         return await rotate_stored(store, box, SECRET_FIELDS)

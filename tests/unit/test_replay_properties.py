@@ -1,7 +1,7 @@
 """Replay across restarts, as a property: hub + store under random interleavings.
 
-A model server keeps one session's history and events in a real store (SQLite or
-the in-memory one) through the same hub the engine uses. Hypothesis interleaves
+A model server keeps one session's history and events in a real store (SQLite,
+PostgreSQL or the in-memory one) through the same hub the engine uses. Hypothesis interleaves
 messages being committed, plain events, writes making progress, the kept buffer
 being trimmed, crashes (whatever was not stored is gone, as after `kill -9`) with
 restarts from the store, and clients reconnecting with the last `seq` they saw or
@@ -26,6 +26,7 @@ from engine.history import Message
 from engine.hub import Frame, LocalHub, Subscription
 from engine.store.base import EventRecord, SessionRecord, Store
 from engine.store.memory import MemoryStore
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -126,10 +127,17 @@ operation = st.one_of(
 )
 
 
-async def run_scenario(kind: str, buffer: int, operations: list[tuple[str, int]]) -> None:
+async def run_scenario(
+    kind: str, buffer: int, operations: list[tuple[str, int]], postgres_url: str = ""
+) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        store: Store = MemoryStore() if kind == "memory" else SqliteStore(Path(folder) / "f.db")
+        store: Store = {
+            "memory": MemoryStore,
+            "sqlite": lambda: SqliteStore(Path(folder) / "f.db"),
+            "postgres": lambda: PostgresStore(postgres_url),
+        }[kind]()
         await store.open()
+        await store.delete_session(SESSION)  # PostgreSQL: what the example before left
         try:
             record = SessionRecord(
                 id=SESSION, spec_json="{}", full_token_hash="f", observer_token_hash="o",
@@ -215,3 +223,16 @@ def test_every_client_ends_with_the_stored_history_across_restarts(
     kind: str, buffer: int, operations: list[tuple[str, int]]
 ) -> None:
     asyncio.run(run_scenario(kind, buffer, operations))
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(buffer=st.integers(2, 12), operations=st.lists(operation, max_size=40))
+def test_every_client_ends_with_the_stored_history_across_restarts_on_postgres(
+    postgres_url: str, buffer: int, operations: list[tuple[str, int]]
+) -> None:
+    # Fewer examples: each one goes to a real server, in the test's own schema.
+    asyncio.run(run_scenario("postgres", buffer, operations, postgres_url))

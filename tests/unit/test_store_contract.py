@@ -1,9 +1,11 @@
-"""The storage contract: MemoryStore and SqliteStore behave the same, call for call.
+"""The storage contract: MemoryStore, SqliteStore and PostgresStore behave the same, call
+for call.
 
-Every test here runs against both stores. What the engine relies on: upserts
-that keep what hangs off a row, history in position order, a reserved slot
-replaced by its filled message, tombstones kept, the spec (with its secrets)
-stored but never shown, and data refused for a session that is not stored.
+Every test here runs against every store (PostgreSQL in a schema of its own per
+test). What the engine relies on: upserts that keep what hangs off a row, history
+in position order, a reserved slot replaced by its filled message, tombstones kept,
+the spec (with its secrets) stored but never shown, and data refused for a session
+that is not stored.
 """
 
 from __future__ import annotations
@@ -20,15 +22,25 @@ from engine.history import Message
 from engine.llm.types import Usage
 from engine.store.base import EventRecord, SessionRecord, StorageError, Store
 from engine.store.memory import MemoryStore
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 API_KEY = "sk-very-secret-key-1234"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SqliteStore(tmp_path / "f.db")
+    # Asked for only here, so that the other stores run without a PostgreSQL.
+    return PostgresStore(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "f.db")
+    made = make_store(request.param, request, tmp_path)
     await made.open()
     yield made
     await made.close()
@@ -258,6 +270,15 @@ async def test_events_and_the_messages_they_announce_are_stored_together(store: 
     await store.save_events("s1", events, messages=[message(1), message(2)])
     assert await store.load_messages("s1") == [message(1), message(2)]
     assert [e.seq for e in await store.load_events("s1")] == [4, 5]
+
+
+async def test_a_slot_reserved_and_filled_in_one_batch_is_stored_filled(store: Store) -> None:
+    await with_session(store)
+    reserved = message(1, status="reserved", content="")
+    events = [EventRecord(seq=1, type="t", data="first"), EventRecord(seq=1, type="t", data="last")]
+    await store.save_events("s1", events, messages=[reserved, message(1)])
+    assert await store.load_messages("s1") == [message(1)]
+    assert [e.data for e in await store.load_events("s1")] == ["last"]
 
 
 async def test_events_with_messages_for_an_unknown_session_store_nothing(store: Store) -> None:

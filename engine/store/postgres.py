@@ -1,0 +1,643 @@
+"""The cluster's store: everything durable in PostgreSQL, through `asyncpg`.
+
+Selected by `DATABASE_URL=postgresql://…` (SPEC §21). It keeps the promises of
+`SqliteStore`, call for call (the contract tests run against both):
+
+- every write is one transaction, committed before the call returns, and shielded
+  from cancellation: once started it commits or rolls back as a whole;
+- the calls for one session run one after the other, in the order they were made,
+  even when a caller is cancelled meanwhile (its write still goes first); a read of
+  all sessions waits for the writes already under way, so it sees them;
+- every failure comes out as a `StorageError` that says what happened and where
+  (the URL without its password).
+
+What differs from SQLite: calls for different sessions run side by side on a pool
+of connections, and several nodes may share the database. The schema is migrated at
+start-up under an advisory lock (`engine.store.postgres_migrations`), so nodes that
+start together are safe.
+
+Fencing (cluster mode): every write of a session goes through `_run` with its
+`session_id`, in a transaction of its own. That is the one place where a check of the
+owner's lease epoch (the `leases` table) will join the transaction, so that a node that
+lost a session's lease can never write for it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, TypeAlias, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from engine.config import Settings
+from engine.history import Message
+from engine.llm.types import Usage
+from engine.store.base import (
+    EventRecord,
+    SessionRecord,
+    SpecRewrite,
+    StorageError,
+    StorageProblem,
+    Store,
+    StoredSession,
+    unknown_session,
+)
+from engine.store.postgres_migrations import Connection, migrate
+
+log = logging.getLogger("fellowship.store")
+
+T = TypeVar("T")
+V = TypeVar("V")
+Row: TypeAlias = asyncpg.Record | Sequence[Any]
+
+POOL_SIZE: Final = 10
+"""Connections one node keeps to the database at most (PostgreSQL allows 100 by default)."""
+CONNECT_TIMEOUT: Final = 10.0
+"""Seconds allowed to open one connection."""
+COMMAND_TIMEOUT: Final = 60.0
+"""Longest a statement may take before its call fails (problem `io`)."""
+WIPE_TIMEOUT: Final = 3600.0
+"""Longest the rewrite of the sessions table (after secrets changed) may take."""
+
+_FOREIGN_KEY_VIOLATION: Final = "23503"
+# By SQLSTATE, then by its class (the first two characters).
+_CODES: Final[dict[str, tuple[StorageProblem, str]]] = {
+    "25006": ("read_only", "the database is read-only (a standby?)"),
+    "42501": ("read_only", "the database user may not write these tables"),
+    "53100": ("disk_full", "the database server's disk is full"),
+    "XX001": ("corrupt", "the database reports damaged data"),
+    "XX002": ("corrupt", "the database reports a damaged index"),
+    "55P03": ("locked", "a lock the write needs is held elsewhere"),
+    "40P01": ("locked", "the write deadlocked with another one"),
+    "40001": ("locked", "the write conflicted with a concurrent one"),
+    "57014": ("locked", "the statement was cancelled (too slow, or by an operator)"),
+    "3D000": ("cannot_open", "the database does not exist"),
+    "3F000": ("cannot_open", "the schema does not exist"),
+}
+_CLASSES: Final[dict[str, tuple[StorageProblem, str]]] = {
+    "08": ("io", "the connection to the database failed"),
+    "28": ("cannot_open", "the database refused the login"),
+    "53": ("disk_full", "the database server ran out of resources"),
+    "57": ("io", "the database server is shutting down or restarting"),
+    "58": ("io", "the database server had an I/O error"),
+}
+
+# Plain SQL text, never built from input; every value goes through a placeholder.
+_UPSERT_SESSION = """
+    INSERT INTO sessions (id, name, spec_json, full_token_hash, observer_token_hash, state,
+                          created_at, ended_at, end_reason, warnings, bot_turns, last_seq)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT (id) DO UPDATE SET
+        name = excluded.name, spec_json = excluded.spec_json,
+        full_token_hash = excluded.full_token_hash,
+        observer_token_hash = excluded.observer_token_hash, state = excluded.state,
+        created_at = excluded.created_at, ended_at = excluded.ended_at,
+        end_reason = excluded.end_reason, warnings = excluded.warnings,
+        bot_turns = excluded.bot_turns, last_seq = excluded.last_seq
+"""
+_ALL_SESSIONS = """
+    SELECT id, name, spec_json, full_token_hash, observer_token_hash, state, created_at,
+           ended_at, end_reason, warnings, bot_turns, last_seq
+    FROM sessions ORDER BY position
+"""
+_LIVE_SESSIONS = """
+    SELECT id, name, spec_json, full_token_hash, observer_token_hash, state, created_at,
+           ended_at, end_reason, warnings, bot_turns, last_seq
+    FROM sessions WHERE state != 'ended' ORDER BY position
+"""
+_ALL_SPECS = "SELECT id, spec_json FROM sessions ORDER BY position FOR UPDATE"
+_UPDATE_SPEC = "UPDATE sessions SET spec_json = $2 WHERE id = $1"
+# Two indexed lookups rather than one OR; the oldest session wins, the full token first.
+_SESSION_BY_DIGEST = """
+    SELECT position, true, id, name, spec_json, full_token_hash, observer_token_hash, state,
+           created_at, ended_at, end_reason, warnings, bot_turns, last_seq
+    FROM sessions WHERE full_token_hash = $1
+    UNION ALL
+    SELECT position, false, id, name, spec_json, full_token_hash, observer_token_hash, state,
+           created_at, ended_at, end_reason, warnings, bot_turns, last_seq
+    FROM sessions WHERE observer_token_hash = $1
+    ORDER BY 1, 2 DESC LIMIT 1
+"""
+_EXPIRE = """
+    WITH gone AS (
+        DELETE FROM sessions
+        WHERE state = 'ended' AND ended_at IS NOT NULL AND ended_at < $1
+        RETURNING id, position)
+    SELECT id FROM gone ORDER BY position
+"""
+_UPSERT_MESSAGE = """
+    INSERT INTO messages (session_id, turn, kind, speaker, talker_id, content, status, ts,
+                          tokens, usage_json)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    ON CONFLICT (session_id, turn) DO UPDATE SET
+        kind = excluded.kind, speaker = excluded.speaker, talker_id = excluded.talker_id,
+        content = excluded.content, status = excluded.status, ts = excluded.ts,
+        tokens = excluded.tokens, usage_json = excluded.usage_json
+"""
+_MESSAGES = """
+    SELECT turn, kind, speaker, talker_id, content, status, ts, tokens, usage_json
+    FROM messages WHERE session_id = $1 ORDER BY turn
+"""
+_ALL_MESSAGES = """
+    SELECT session_id, turn, kind, speaker, talker_id, content, status, ts, tokens, usage_json
+    FROM messages ORDER BY session_id, turn
+"""
+_LIVE_MESSAGES = """
+    SELECT session_id, turn, kind, speaker, talker_id, content, status, ts, tokens, usage_json
+    FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE state != 'ended')
+    ORDER BY session_id, turn
+"""
+_ALL_SUMMARIES = "SELECT session_id, upto_turn, text FROM summaries"
+_LIVE_SUMMARIES = """
+    SELECT session_id, upto_turn, text FROM summaries
+    WHERE session_id IN (SELECT id FROM sessions WHERE state != 'ended')
+"""
+_ALL_MEMORY = "SELECT session_id, text FROM memory"
+_LIVE_MEMORY = """
+    SELECT session_id, text FROM memory
+    WHERE session_id IN (SELECT id FROM sessions WHERE state != 'ended')
+"""
+_KNOWN = "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)"
+# A whole batch in one statement: the rows travel as three arrays.
+_UPSERT_EVENTS = """
+    INSERT INTO events (session_id, seq, type, data)
+    SELECT $1, seq, type, data FROM unnest($2::bigint[], $3::text[], $4::text[])
+        AS batch (seq, type, data)
+    ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, data = excluded.data
+"""
+# Everything up to the (keep_last + 1)-th newest event goes.
+_PRUNE_EVENTS = """
+    DELETE FROM events WHERE session_id = $1 AND seq <= (
+        SELECT seq FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)
+"""
+
+
+_FAILURES: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+"""What the driver raises when the database fails (anything else is the caller's)."""
+
+
+class _BadRow(Exception):
+    """A stored row that no longer parses into its model."""
+
+
+def _utc(value: datetime) -> datetime:
+    # The engine's times are UTC; a naive time is taken as UTC too.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def display_url(url: str) -> str:
+    """`url` without its password (and query), fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "postgresql://(unreadable URL)"
+    user = f"{parts.username}@" if parts.username else ""
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, "", ""))
+
+
+def _session_row(record: SessionRecord) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.name,
+        record.spec_json,
+        record.full_token_hash,
+        record.observer_token_hash,
+        record.state,
+        _utc(record.created_at),
+        _utc(record.ended_at) if record.ended_at is not None else None,
+        record.end_reason,
+        list(record.warnings),
+        record.bot_turns,
+        record.last_seq,
+    )
+
+
+def _record(row: Row) -> SessionRecord:
+    try:
+        return SessionRecord(
+            id=row[0],
+            name=row[1],
+            spec_json=row[2],
+            full_token_hash=row[3],
+            observer_token_hash=row[4],
+            state=row[5],
+            created_at=row[6],
+            ended_at=row[7],
+            end_reason=row[8],
+            warnings=list(row[9]),
+            bot_turns=row[10],
+            last_seq=row[11],
+        )
+    except (ValueError, TypeError) as exc:  # pydantic errors are ValueErrors
+        raise _BadRow(f"sessions row {row[0]!r}") from exc
+
+
+def _message_row(session_id: str, message: Message) -> tuple[Any, ...]:
+    return (
+        session_id,
+        message.turn,
+        message.kind,
+        message.speaker,
+        message.talker_id,
+        message.content,
+        message.status,
+        _utc(message.ts),
+        message.tokens,
+        message.usage.model_dump_json() if message.usage is not None else None,
+    )
+
+
+def _message(row: Row) -> Message:
+    try:
+        return Message(
+            turn=row[0],
+            kind=row[1],
+            speaker=row[2],
+            talker_id=row[3],
+            content=row[4],
+            status=row[5],
+            ts=row[6],
+            tokens=row[7],
+            usage=Usage.model_validate_json(row[8]) if row[8] is not None else None,
+        )
+    except (ValueError, TypeError) as exc:
+        raise _BadRow(f"messages row at position {row[0]!r}") from exc
+
+
+def _last_of_each(items: Iterable[V], key: Callable[[V], Hashable]) -> list[V]:
+    """One item per key, the last one given (as successive upserts would leave it)."""
+    return list({key(item): item for item in items}.values())
+
+
+async def _keep_session_state(conn: Connection) -> None:
+    """A connection goes back to the pool as it is: the store sets no session state, so
+    asyncpg's reset (a round trip per call) would undo nothing."""
+
+
+class PostgresStore(Store):
+    """Sessions, history, summaries, memory, events (and leases) in PostgreSQL."""
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+        self.url = url
+        self.where = display_url(url)
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._open_lock = asyncio.Lock()
+        # The call under way (or queued) last for each session, and every one under way.
+        self._tails: dict[str, asyncio.Task[Any]] = {}
+        self._running: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r})"  # never the password
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PostgresStore:
+        """The store of `DATABASE_URL`."""
+        return cls(settings.database_url.get_secret_value())
+
+    # --- errors ----------
+    def _error(self, problem: StorageProblem, what: str) -> StorageError:
+        return StorageError(f"storage error on {self.where}: {what}", problem=problem)
+
+    def _translate(self, exc: BaseException, session_id: str | None = None) -> StorageError:
+        if isinstance(exc, StorageError):
+            return exc
+        if isinstance(exc, asyncpg.PostgresError):
+            state = str(exc.sqlstate or "")
+            if state == _FOREIGN_KEY_VIOLATION and session_id is not None:
+                return unknown_session(session_id, self.where)
+            problem, what = _CODES.get(state) or _CLASSES.get(
+                state[:2], ("other", "the database failed")
+            )
+            return self._error(problem, f"{what} ({state}: {exc})")
+        if isinstance(exc, asyncpg.ConnectionDoesNotExistError):
+            return self._error("io", "the connection to the database was lost")
+        if isinstance(exc, asyncpg.InterfaceError):
+            if "closed" in str(exc):
+                return self._error("closed", "the store is closed")
+            return self._error("other", f"the database client failed ({exc})")
+        if isinstance(exc, TimeoutError):
+            return self._error("io", f"the database did not answer within {COMMAND_TIMEOUT:g} s")
+        if isinstance(exc, OSError):
+            return self._error("io", f"the database cannot be reached ({exc.strerror or exc})")
+        if isinstance(exc, _BadRow):
+            return self._error("corrupt", f"a stored row is invalid ({exc})")
+        return self._error("other", f"unexpected failure ({exc.__class__.__name__})")
+
+    # --- lifecycle ----------
+    async def open(self) -> None:
+        """Connect, migrate the schema under the migration lock, and check that it is writable.
+
+        Raises `StorageError` when the server cannot be reached or refuses the login,
+        the schema holds another application's tables or was written by a newer
+        Fellowship, or the database cannot be written.
+        """
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            try:
+                pool = await asyncpg.create_pool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    timeout=CONNECT_TIMEOUT,
+                    command_timeout=COMMAND_TIMEOUT,
+                    reset=_keep_session_state,
+                )
+            except (OSError, TimeoutError) as exc:
+                raise self._error(
+                    "cannot_open", f"the database cannot be reached ({exc.__class__.__name__})"
+                ) from exc
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+                # ValueError: asyncpg could not read the URL (its text is not shown).
+                raise (
+                    self._translate(exc)
+                    if not isinstance(exc, ValueError)
+                    else self._error("cannot_open", "DATABASE_URL cannot be read")
+                ) from exc
+            try:
+                async with pool.acquire() as conn:
+                    version = await migrate(conn, where=self.where)
+                    # A write that changes nothing: a standby or a user without rights
+                    # is refused now, not at the first message.
+                    async with conn.transaction():
+                        await conn.execute("DELETE FROM schema_migrations WHERE false")
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await pool.close()
+                if isinstance(exc, Exception):
+                    raise self._translate(exc) from exc
+                raise
+            self._pool = pool
+            log.info("database %s open (schema version %d)", self.where, version)
+
+    async def close(self) -> None:
+        """Let the calls under way finish, then close every connection."""
+        async with self._open_lock:
+            pool, self._pool = self._pool, None
+            if pool is None:
+                return
+            if self._running:
+                await asyncio.wait(list(self._running))
+            try:
+                await pool.close()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise self._translate(exc) from exc
+
+    # --- the one way in ----------
+    async def _run(
+        self,
+        work: Callable[[Connection], Awaitable[T]],
+        *,
+        write: bool,
+        session_id: str | None = None,
+        after_all: bool = False,
+        single: bool = False,
+    ) -> T:
+        """Run `work` on a pooled connection, in a transaction when it writes.
+
+        `single`: `work` is one statement, a transaction of its own already (one round
+        trip rather than three, on the hot path of every turn).
+
+        With `session_id`, it runs after the calls for that session made before it;
+        with `after_all`, after every call under way. Shielded: a cancelled caller
+        does not cut it short.
+        """
+        before: list[asyncio.Task[Any]] = []
+        if session_id is not None and (tail := self._tails.get(session_id)) is not None:
+            before.append(tail)
+        if after_all:
+            before.extend(self._running)
+        task = asyncio.ensure_future(self._after(before, work, write and not single, session_id))
+        self._running.add(task)
+        if session_id is not None:
+            self._tails[session_id] = task
+        task.add_done_callback(lambda done: self._settled(done, session_id))
+        return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Task[Any], session_id: str | None) -> None:
+        self._running.discard(task)
+        if session_id is not None and self._tails.get(session_id) is task:
+            del self._tails[session_id]
+        if not task.cancelled():
+            task.exception()  # its caller may be gone: the error was still seen
+
+    async def _after(
+        self,
+        before: list[asyncio.Task[Any]],
+        work: Callable[[Connection], Awaitable[T]],
+        transaction: bool,
+        session_id: str | None,
+    ) -> T:
+        if before:
+            await asyncio.wait(before)
+        pool = self._pool
+        if pool is None:
+            raise self._error("closed", "the store is not open")
+        try:
+            async with pool.acquire() as conn:
+                if not transaction:
+                    return await work(conn)
+                async with conn.transaction():
+                    return await work(conn)
+        except (*_FAILURES, _BadRow) as exc:
+            raise self._translate(exc, session_id) from exc
+
+    # --- sessions ----------
+    async def save_session(self, record: SessionRecord) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(_UPSERT_SESSION, *_session_row(record))
+
+        await self._run(work, write=True, session_id=record.id, single=True)
+
+    async def load_sessions(self, *, include_ended: bool) -> list[SessionRecord]:
+        async def work(conn: Connection) -> list[SessionRecord]:
+            return [_record(row) for row in await self._session_rows(conn, include_ended)]
+
+        return await self._run(work, write=False, after_all=True)
+
+    @staticmethod
+    async def _session_rows(conn: Connection, include_ended: bool) -> list[Any]:
+        return list(await conn.fetch(_ALL_SESSIONS if include_ended else _LIVE_SESSIONS))
+
+    async def rewrite_specs(self, rewrite: SpecRewrite) -> list[str]:
+        """Rewrite the specs in one transaction, then rebuild the table without the old copies.
+
+        An UPDATE leaves the old row version in the table's file until it is vacuumed,
+        and a plain VACUUM may leave its bytes in the page. VACUUM FULL writes the table
+        anew from the live rows only. The write-ahead log, standbys and backups keep
+        what they already hold (docs/persistence.md).
+        """
+
+        async def work(conn: Connection) -> list[str]:
+            changed: list[tuple[str, str]] = []
+            for row in await conn.fetch(_ALL_SPECS):
+                session_id, spec_json = str(row[0]), str(row[1])
+                text = rewrite(session_id, spec_json)
+                if text is not None and text != spec_json:
+                    changed.append((session_id, text))
+            if changed:
+                await conn.executemany(_UPDATE_SPEC, changed)
+            return [session_id for session_id, _ in changed]
+
+        changed = await self._run(work, write=True, after_all=True)
+        if changed:
+
+            async def wipe(conn: Connection) -> None:
+                await conn.execute("VACUUM FULL sessions", timeout=WIPE_TIMEOUT)
+
+            await self._run(wipe, write=False)
+        return changed
+
+    async def find_by_token_hash(self, digest: str) -> tuple[SessionRecord, bool] | None:
+        async def work(conn: Connection) -> tuple[SessionRecord, bool] | None:
+            row = await conn.fetchrow(_SESSION_BY_DIGEST, digest)
+            return None if row is None else (_record(list(row)[2:]), bool(row[1]))
+
+        return await self._run(work, write=False)
+
+    async def delete_session(self, session_id: str) -> None:
+        async def work(conn: Connection) -> None:
+            # The cascade removes history, summary, memory, events and the lease.
+            await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
+
+        await self._run(work, write=True, session_id=session_id, single=True)
+
+    async def expire_ended(self, before: datetime) -> list[str]:
+        async def work(conn: Connection) -> list[str]:
+            return [str(row[0]) for row in await conn.fetch(_EXPIRE, _utc(before))]
+
+        return await self._run(work, write=True, after_all=True)
+
+    # --- history ----------
+    async def save_message(self, session_id: str, message: Message) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(_UPSERT_MESSAGE, *_message_row(session_id, message))
+
+        await self._run(work, write=True, session_id=session_id, single=True)
+
+    async def load_messages(self, session_id: str) -> list[Message]:
+        async def work(conn: Connection) -> list[Message]:
+            return [_message(row) for row in await conn.fetch(_MESSAGES, session_id)]
+
+        return await self._run(work, write=False, session_id=session_id)
+
+    # --- summaries and memory ----------
+    async def save_summary(self, session_id: str, upto_turn: int, text: str) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(
+                "INSERT INTO summaries (session_id, upto_turn, text) VALUES ($1, $2, $3) "
+                "ON CONFLICT (session_id) DO UPDATE SET upto_turn = excluded.upto_turn, "
+                "text = excluded.text",
+                session_id,
+                upto_turn,
+                text,
+            )
+
+        await self._run(work, write=True, session_id=session_id, single=True)
+
+    async def load_summary(self, session_id: str) -> tuple[int, str] | None:
+        async def work(conn: Connection) -> tuple[int, str] | None:
+            row = await conn.fetchrow(
+                "SELECT upto_turn, text FROM summaries WHERE session_id = $1", session_id
+            )
+            return None if row is None else (int(row[0]), str(row[1]))
+
+        return await self._run(work, write=False, session_id=session_id)
+
+    async def save_memory(self, session_id: str, text: str) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(
+                "INSERT INTO memory (session_id, text) VALUES ($1, $2) "
+                "ON CONFLICT (session_id) DO UPDATE SET text = excluded.text",
+                session_id,
+                text,
+            )
+
+        await self._run(work, write=True, session_id=session_id, single=True)
+
+    async def load_memory(self, session_id: str) -> str | None:
+        async def work(conn: Connection) -> str | None:
+            text = await conn.fetchval("SELECT text FROM memory WHERE session_id = $1", session_id)
+            return None if text is None else str(text)
+
+        return await self._run(work, write=False, session_id=session_id)
+
+    # --- events ----------
+    async def save_events(
+        self,
+        session_id: str,
+        events: Sequence[EventRecord],
+        *,
+        messages: Sequence[Message] = (),
+        keep_last: int | None = None,
+    ) -> None:
+        # One row per key, the last given: one statement may not upsert a row twice.
+        rows = _last_of_each(events, lambda event: event.seq)
+        filled = _last_of_each(messages, lambda message: message.turn)
+
+        async def work(conn: Connection) -> None:
+            # An empty batch inserts nothing the foreign key could refuse: look.
+            if not rows and not filled and not await conn.fetchval(_KNOWN, session_id):
+                raise unknown_session(session_id, self.where)
+            if filled:
+                await conn.executemany(
+                    _UPSERT_MESSAGE, [_message_row(session_id, message) for message in filled]
+                )
+            if rows:
+                await conn.execute(
+                    _UPSERT_EVENTS,
+                    session_id,
+                    [event.seq for event in rows],
+                    [event.type for event in rows],
+                    [event.data for event in rows],
+                )
+            if keep_last is not None:
+                await conn.execute(_PRUNE_EVENTS, session_id, keep_last)
+
+        await self._run(work, write=True, session_id=session_id)
+
+    async def load_events(self, session_id: str, *, after_seq: int = 0) -> list[EventRecord]:
+        async def work(conn: Connection) -> list[EventRecord]:
+            rows = await conn.fetch(
+                "SELECT seq, type, data FROM events WHERE session_id = $1 AND seq > $2 "
+                "ORDER BY seq",
+                session_id,
+                after_seq,
+            )
+            return [EventRecord(seq=row[0], type=row[1], data=row[2]) for row in rows]
+
+        return await self._run(work, write=False, session_id=session_id)
+
+    # --- start-up ----------
+    async def load_all(self, *, include_ended: bool) -> list[StoredSession]:
+        """Every session with its history, summary and memory: one query per table, all
+        from one snapshot (another node may be writing meanwhile)."""
+
+        async def work(conn: Connection) -> list[StoredSession]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                stored = {
+                    row[0]: StoredSession(record=_record(row))
+                    for row in await self._session_rows(conn, include_ended)
+                }
+                for row in await conn.fetch(_ALL_MESSAGES if include_ended else _LIVE_MESSAGES):
+                    if (target := stored.get(row[0])) is not None:
+                        target.messages.append(_message(list(row)[1:]))
+                for row in await conn.fetch(_ALL_SUMMARIES if include_ended else _LIVE_SUMMARIES):
+                    if (target := stored.get(row[0])) is not None:
+                        target.summary = (int(row[1]), str(row[2]))
+                for row in await conn.fetch(_ALL_MEMORY if include_ended else _LIVE_MEMORY):
+                    if (target := stored.get(row[0])) is not None:
+                        target.memory = str(row[1])
+                return list(stored.values())
+
+        return await self._run(work, write=False, after_all=True)
