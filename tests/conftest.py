@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.support.services import (
     Postgres,
@@ -20,6 +21,11 @@ from tests.support.services import (
     run_sync,
     unavailable,
 )
+
+# No wall-clock deadline per example: machines are shared and noisy, and a slow example
+# is not a wrong one.
+settings.register_profile("fellowship", deadline=None)
+settings.load_profile("fellowship")
 
 
 @pytest.fixture(scope="session")
