@@ -24,7 +24,22 @@ from pydantic import BaseModel, Field
 from engine.auth import Access, hashes_match, mint_token, token_hash
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
-from engine.errors import BadRequest, FellowshipError, Forbidden, NotFound, TooMany
+from engine.errors import (
+    EmptyMessage,
+    FellowshipError,
+    InvalidName,
+    MessageTooLong,
+    NameRequired,
+    NameTaken,
+    NameTooLong,
+    NotFound,
+    ObserverCannotTalk,
+    ObserverToken,
+    SecretKeyMissing,
+    SecretUnreadable,
+    ServerRestarted,
+    TooManySessions,
+)
 from engine.events import BaseEvent, ErrorEvent, MemberRole, SessionPaused
 from engine.history import History, Message
 from engine.hub import CLOSE_SHUTDOWN, Frame
@@ -40,8 +55,6 @@ from engine.store.base import SessionRecord, Store, StoredSession
 from engine.store.memory import MemoryStore
 from engine.store.secrets import (
     SecretBox,
-    SecretKeyMissing,
-    SecretUnreadable,
     open_secrets,
     seal_secrets,
     seal_stored,
@@ -207,9 +220,7 @@ class SessionManager:
     async def create(self, spec: SessionSpec, warnings: list[str] | None = None) -> CreatedSession:
         """Create a session from a validated spec and start it."""
         if self.live_sessions() >= self.settings.max_sessions:
-            raise TooMany(
-                "too many sessions are running; try again later", code="too_many_sessions"
-            )
+            raise TooManySessions("too many sessions are running; try again later")
         backend = self._backend_for(spec)
         memory = await self._inherited_memory(spec)
         token, observer_token = mint_token("full"), mint_token("observer")
@@ -302,7 +313,7 @@ class SessionManager:
     def require_full(handle: Handle) -> None:
         """Refuse control actions to the read-only observer token."""
         if handle.access != "full":
-            raise Forbidden("the observer token can only observe", code="observer_token")
+            raise ObserverToken("the observer token can only observe")
 
     # --- reads ----------
     def status(self, handle: Handle) -> SessionStatus:
@@ -379,39 +390,32 @@ class SessionManager:
         if role == "talker":
             self.require_full(handle)
             if not name:
-                raise BadRequest("a talker needs a display name (?name=...)", code="name_required")
+                raise NameRequired("a talker needs a display name (?name=...)")
             if name.casefold() in {bot.casefold() for bot in handle.session.bot_names}:
                 # Bots would read this talker's lines as their own or a fellow bot's.
-                raise BadRequest(
-                    f"{name!r} is the name of a bot in this session", code="name_taken"
-                )
+                raise NameTaken(f"{name!r} is the name of a bot in this session")
         return handle.session.join(role, name, since)
 
     def display_name(self, name: str | None) -> str | None:
         """A member's display name, trimmed; refused when too long or not one plain line."""
         name = name.strip() if name else None
         if name and len(name) > self.settings.max_name_chars:
-            raise BadRequest(
-                f"display name longer than {self.settings.max_name_chars} characters",
-                code="name_too_long",
+            raise NameTooLong(
+                f"display name longer than {self.settings.max_name_chars} characters"
             )
         if name and has_control_chars(name):
-            raise BadRequest(
-                "a display name is one line, without tabs or control characters",
-                code="invalid_name",
-            )
+            raise InvalidName("a display name is one line, without tabs or control characters")
         return name
 
     async def post(self, handle: Handle, member: Member, content: str) -> Message:
         """A talker's message: validated, placed in history, broadcast, and the loop woken."""
         if member.role != "talker":
-            raise Forbidden("observers cannot send messages", code="observer_cannot_talk")
+            raise ObserverCannotTalk("observers cannot send messages")
         if not content.strip():
-            raise BadRequest("empty message", code="empty_message")
+            raise EmptyMessage("empty message")
         if len(content) > self.settings.max_message_chars:
-            raise BadRequest(
-                f"message longer than {self.settings.max_message_chars} characters",
-                code="message_too_long",
+            raise MessageTooLong(
+                f"message longer than {self.settings.max_message_chars} characters"
             )
         return await handle.loop.post(member, content)
 
@@ -502,7 +506,9 @@ def _restart_tombstone(session: Session, reserved: Message) -> tuple[Message, li
     """A reply cut by the restart: its slot becomes a tombstone, announced by an error."""
     tomb = session.history.fill(reserved.model_copy(update={"status": "failed", "content": ""}))
     notice = ErrorEvent(
-        message="the server restarted during this generation", code="server_restart", turn=tomb.turn
+        message="the server restarted during this generation",
+        code=ServerRestarted.code,
+        turn=tomb.turn,
     )
     return tomb, [notice]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.clock import Clock
 from engine.config import Settings
-from engine.errors import Forbidden, TooMany
+from engine.errors import TalkersNotAllowed, TooManyTalkers
 from engine.events import (
     BaseEvent,
     DebugCategory,
@@ -216,14 +216,12 @@ class Session:
         """Connect a member; talkers are refused when the mode or `max_talkers` forbids."""
         if role == "talker":
             if self.options.participation == "autonomous":
-                raise Forbidden(
-                    "this session is autonomous: bots only, connect as an observer",
-                    code="talkers_not_allowed",
+                raise TalkersNotAllowed(
+                    "this session is autonomous: bots only, connect as an observer"
                 )
             if self.talker_count >= self.options.max_talkers:
-                raise TooMany(
-                    f"this session already has its {self.options.max_talkers} talker(s)",
-                    code="too_many_talkers",
+                raise TooManyTalkers(
+                    f"this session already has its {self.options.max_talkers} talker(s)"
                 )
         member = Member(
             id=secrets.token_hex(MEMBER_ID_BYTES),

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Settings, decode_secret_key, get_settings
+from engine.errors import SecretUnreadable, StorageError
 from engine.spec.models import SECRET_FIELDS
-from engine.store.base import StorageError
-from engine.store.secrets import SecretBox, SecretUnreadable, StoredSecrets, rotate_stored
+from engine.store.secrets import SecretBox, StoredSecrets, rotate_stored
 from engine.store.sqlite import SqliteStore
 
 
