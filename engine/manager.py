@@ -44,6 +44,7 @@ from engine.events import BaseEvent, ErrorEvent, MemberRole, SessionPaused
 from engine.history import History, Message
 from engine.hub import CLOSE_SHUTDOWN, Frame
 from engine.llm.client import Backend, LLMClient
+from engine.llm.protocol import ChatClient
 from engine.loop import SessionLoop
 from engine.memory import write_memory
 from engine.orchestrator import Orchestrator
@@ -100,7 +101,7 @@ class SessionManager:
         settings: Settings,
         *,
         store: Store | None = None,
-        llm: LLMClient | None = None,
+        llm: ChatClient | None = None,
         clock: Clock | None = None,
         secret_box: SecretBox | None = None,
     ) -> None:

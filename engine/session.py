@@ -29,7 +29,8 @@ from engine.events import (
 )
 from engine.history import History, Message, UsageTotals
 from engine.hub import CLOSE_LEFT, EventHub, Frame, Subscription
-from engine.llm.client import Backend, LLMClient
+from engine.llm.client import Backend
+from engine.llm.protocol import ChatClient
 from engine.logs import SessionLogger, session_logger
 from engine.prompts import PromptParts, system_prompt
 from engine.rectifier import Rectifier
@@ -45,7 +46,7 @@ class EngineDeps:
     """What every session needs from the outside world, passed as one object."""
 
     settings: Settings
-    llm: LLMClient
+    llm: ChatClient
     store: Store
     clock: Clock
     counter: TokenCounter
