@@ -36,9 +36,9 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from bench import api
 from bench.stats import Distribution, known
@@ -46,7 +46,7 @@ from engine.auth import mint_token, token_hash
 from engine.config import Settings, load_settings
 from engine.events import parse_event
 from engine.history import Message
-from engine.llm.client import Backend, LLMClient, RetryCallback, TokenCallback
+from engine.llm.client import Backend, RetryCallback, TokenCallback
 from engine.llm.types import ChatRequest, Completion, Usage
 from engine.manager import SessionManager
 from engine.spec.models import SessionSpec
@@ -60,15 +60,32 @@ WARMUP_TURNS: Final = 50
 ROUNDS: Final = 5
 """Timed rounds at each history length (alternating short, long)."""
 MS: Final = 1000.0
+_State = TypeVar("_State")
 _WORDS: Final = ("the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and")
 
 
-class InstantLLM(LLMClient):
-    """An LLM client that replies at once, without HTTP: only the engine's work is timed."""
+class InstantLLM:
+    """An LLM client (a `ChatClient`) that replies at once, without HTTP: only the
+    engine's work is timed."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+        self.settings = settings
         self.calls = 0
+        self._states: dict[type[Any], Any] = {}
+
+    @property
+    def default_backend(self) -> Backend:
+        return self.resolve_backend(None, None)
+
+    def resolve_backend(self, base_url: str | None, api_key: SecretStr | None) -> Backend:
+        return Backend(base_url=base_url or self.settings.llm_base_url, api_key=api_key)
+
+    def state_for(self, backend: Backend, kind: type[_State]) -> _State:
+        state: _State = self._states.setdefault(kind, kind())
+        return state
+
+    async def aclose(self) -> None:
+        """Nothing to release: no connections."""
 
     async def chat(
         self,

@@ -18,7 +18,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, Field
 
-from engine.errors import Unavailable
+from engine.errors import BackendFailed, BackendStarting, Unavailable
 from engine.llm.probe import probe
 
 BackendKind = Literal["embedded", "mock", "external"]
@@ -27,18 +27,6 @@ BackendState = Literal[
 ]
 
 _NOT_YET_READY: Final[frozenset[str]] = frozenset({"checking", "building", "starting"})
-
-
-class BackendStarting(Unavailable):
-    """Sessions on the default backend are refused until the embedded backend first answers."""
-
-    code = "backend_starting"
-
-
-class BackendFailed(Unavailable):
-    """The embedded backend could not be built or started; sessions on it are refused."""
-
-    code = "backend_failed"
 
 
 class BuildProgress(BaseModel):

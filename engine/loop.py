@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 from engine.chart import SessionChart
-from engine.errors import FellowshipError, InvalidState
+from engine.errors import FellowshipError, InternalError, InvalidState, SessionEnded, TurnCancelled
 from engine.events import (
     BaseEvent,
     BotMessage,
@@ -130,7 +130,9 @@ class SessionLoop:
             except Exception as exc:
                 self._errors_in_a_row += 1
                 self.session.log.exception("loop error in state %s", self.loop_state)
-                self.session.emit(ErrorEvent(message=f"internal error: {exc}", code="internal"))
+                self.session.emit(
+                    ErrorEvent(message=f"internal error: {exc}", code=InternalError.code)
+                )
                 if self._errors_in_a_row >= settings.loop_max_consecutive_errors:
                     await self._finish("error", "internal errors repeated")
                 else:
@@ -382,7 +384,7 @@ class SessionLoop:
         """Place a talker message in history and wake the loop."""
         session = self.session
         if self.state == "ended":
-            raise InvalidState("the session has ended", code="session_ended")
+            raise SessionEnded("the session has ended")
         placed: list[Message] = []
 
         def place() -> tuple[Message | None, list[BaseEvent]]:
@@ -430,12 +432,12 @@ class SessionLoop:
     async def end(self, reason: str, detail: str | None = None) -> None:
         """End the session now: stop the driver, tombstone a turn in flight, emit session_end."""
         if self.state == "ended":
-            raise InvalidState("the session has already ended", code="session_ended")
+            raise SessionEnded("the session has already ended")
         self.chart.fire("end")
         await self._stop_task()
         if self._slot is not None:
             slot, self._slot = self._slot, None
-            error = FellowshipError("the session ended during generation", code="cancelled")
+            error = TurnCancelled("the session ended during generation")
             with contextlib.suppress(StorageError):
                 await self._settle(slot, TurnOutcome(error=error))
         await self._finish(reason, detail)

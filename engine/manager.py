@@ -22,12 +22,13 @@ from engine.auth import mint_token, token_hash
 from engine.checks import InputChecks
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
-from engine.errors import FellowshipError, Forbidden, TooMany
+from engine.errors import FellowshipError, ObserverToken, SecretKeyMissing, TooManySessions
 from engine.events import MemberRole
 from engine.history import Message
 from engine.housekeeping import Housekeeper
 from engine.hub import CLOSE_SHUTDOWN, HubFactory, local_hub
 from engine.llm.client import Backend, LLMClient
+from engine.llm.protocol import ChatClient
 from engine.loop import SessionLoop
 from engine.memory import write_memory
 from engine.orchestrator import Orchestrator
@@ -39,7 +40,7 @@ from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SECRET_FIELDS, S
 from engine.status import LimitReport, MemberCounts, SessionStatus, TokenReport
 from engine.store.base import SessionRecord, Store
 from engine.store.memory import MemoryStore
-from engine.store.secrets import SecretBox, SecretKeyMissing, seal_secrets, seal_stored
+from engine.store.secrets import SecretBox, seal_secrets, seal_stored
 from engine.summarizer import summarize
 from engine.tokens import get_counter
 
@@ -77,7 +78,7 @@ class SessionManager:
         settings: Settings,
         *,
         store: Store | None = None,
-        llm: LLMClient | None = None,
+        llm: ChatClient | None = None,
         clock: Clock | None = None,
         hubs: HubFactory = local_hub,
         secret_box: SecretBox | None = None,
@@ -131,9 +132,7 @@ class SessionManager:
     async def create(self, spec: SessionSpec, warnings: list[str] | None = None) -> CreatedSession:
         """Create a session from a validated spec and start it."""
         if self.live_sessions() >= self.settings.max_sessions:
-            raise TooMany(
-                "too many sessions are running; try again later", code="too_many_sessions"
-            )
+            raise TooManySessions("too many sessions are running; try again later")
         backend = self._backend_for(spec)
         memory = await self._inherited_memory(spec)
         token, observer_token = mint_token("full"), mint_token("observer")
@@ -211,7 +210,7 @@ class SessionManager:
     def require_full(handle: Handle) -> None:
         """Refuse control actions to the read-only observer token."""
         if handle.access != "full":
-            raise Forbidden("the observer token can only observe", code="observer_token")
+            raise ObserverToken("the observer token can only observe")
 
     # --- reads ----------
     def status(self, handle: Handle) -> SessionStatus:

@@ -17,18 +17,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from engine.config import Settings
-from engine.errors import FellowshipError, Unavailable
+from engine.errors import (
+    LLM_CONNECTION,
+    LLM_SERVER_ERROR,
+    LLM_TIMEOUT,
+    BackendUnreachable,
+    FellowshipError,
+    LLMError,
+)
 from engine.llm.client import Backend
-from engine.llm.errors import LLM_CONNECTION, LLM_SERVER_ERROR, LLM_TIMEOUT, LLMError
 from engine.llm.probe import probe
 
 _UNAVAILABLE = 503
-
-
-class BackendUnreachable(Unavailable):
-    """A session's backend does not answer at all; its turn waits for it (told once)."""
-
-    code = "backend_unreachable"
 
 
 def may_be_outage(error: FellowshipError | None) -> bool:

@@ -17,16 +17,17 @@ from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
-from engine.errors import FellowshipError
+from engine.errors import FellowshipError, SecretUnreadable, ServerRestarted
 from engine.events import BaseEvent, ErrorEvent, SessionPaused
 from engine.history import History, Message
 from engine.hub import Frame
-from engine.llm.client import Backend, LLMClient
+from engine.llm.client import Backend
+from engine.llm.protocol import ChatClient
 from engine.loop import SessionLoop
 from engine.session import EngineDeps, Session
 from engine.spec.models import SECRET_FIELDS, SessionSpec
 from engine.store.base import SessionRecord, StoredSession
-from engine.store.secrets import SecretBox, SecretUnreadable, open_secrets
+from engine.store.secrets import SecretBox, open_secrets
 from engine.summarizer import restore_summary
 
 log = logging.getLogger("fellowship.restore")
@@ -112,7 +113,7 @@ def stored_spec(
 
 
 def _stored_backend(
-    llm: LLMClient, spec: SessionSpec, unreadable: SecretUnreadable | None
+    llm: ChatClient, spec: SessionSpec, unreadable: SecretUnreadable | None
 ) -> Backend:
     # A backend allowed at creation may be disallowed now: fall back to the default.
     try:
@@ -131,6 +132,8 @@ def _restart_tombstone(session: Session, reserved: Message) -> tuple[Message, li
     """A reply cut by the restart: its slot becomes a tombstone, announced by an error."""
     tomb = session.rectifier.abandon(reserved)
     notice = ErrorEvent(
-        message="the server restarted during this generation", code="server_restart", turn=tomb.turn
+        message="the server restarted during this generation",
+        code=ServerRestarted.code,
+        turn=tomb.turn,
     )
     return tomb, [notice]

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.clock import Clock
 from engine.config import Settings
-from engine.errors import Forbidden, TooMany
+from engine.errors import TalkersNotAllowed, TooManyTalkers
 from engine.events import (
     BaseEvent,
     DebugCategory,
@@ -29,7 +29,8 @@ from engine.events import (
 )
 from engine.history import History, Message, UsageTotals
 from engine.hub import CLOSE_LEFT, Frame, Hub, HubFactory, HubOptions, Subscription, local_hub
-from engine.llm.client import Backend, LLMClient
+from engine.llm.client import Backend
+from engine.llm.protocol import ChatClient
 from engine.logs import SessionLogger, session_logger
 from engine.prompts import PromptParts, system_prompt
 from engine.rectifier import Rectifier
@@ -49,7 +50,7 @@ class EngineDeps:
     """
 
     settings: Settings
-    llm: LLMClient
+    llm: ChatClient
     store: Store
     clock: Clock
     counter: TokenCounter
@@ -224,14 +225,12 @@ class Session:
         """Connect a member; talkers are refused when the mode or `max_talkers` forbids."""
         if role == "talker":
             if self.options.participation == "autonomous":
-                raise Forbidden(
-                    "this session is autonomous: bots only, connect as an observer",
-                    code="talkers_not_allowed",
+                raise TalkersNotAllowed(
+                    "this session is autonomous: bots only, connect as an observer"
                 )
             if self.talker_count >= self.options.max_talkers:
-                raise TooMany(
-                    f"this session already has its {self.options.max_talkers} talker(s)",
-                    code="too_many_talkers",
+                raise TooManyTalkers(
+                    f"this session already has its {self.options.max_talkers} talker(s)"
                 )
         member = Member(
             id=secrets.token_hex(MEMBER_ID_BYTES),

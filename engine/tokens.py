@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 import tiktoken
 from tiktoken_ext import openai_public
 
-from engine.errors import FellowshipError
+from engine.errors import TokenizerError
 from engine.llm.types import ChatMessage
 
 EncodingName = Literal["cl100k_base", "o200k_base"]
@@ -39,12 +39,6 @@ ENCODING_SHA256: dict[str, str] = {
 TOKENS_PER_MESSAGE = 3
 # ... and every reply is primed with <|start|>assistant<|message|>, three more tokens.
 REPLY_PRIMING_TOKENS = 3
-
-
-class TokenizerError(FellowshipError):
-    """A shipped tokenizer file is missing, corrupt, or the encoding is unknown."""
-
-    code = "tokenizer_error"
 
 
 class TokenCounter:

@@ -1,12 +1,13 @@
 """The one place where errors become HTTP statuses, JSON bodies and WebSocket close codes.
 
-The engine raises typed `FellowshipError`s and knows nothing of HTTP. Here each class
-gets its status (walking the class's MRO, so a subclass inherits its parent's status
-unless it has its own), every answer gets the body `{"error", "code"}` (plus `details`
-for spec problems), and Quart's own failures — unknown route, wrong method, body too
-large, uncaught exception — get the same JSON shape instead of an HTML page or a
-stack trace. WebSocket connections get the same information as an `error` event and
-a close code from the table below.
+The engine raises typed `FellowshipError`s (all in `engine/errors.py`) and knows nothing
+of HTTP. Here each class gets its status and its WebSocket close code by class alone,
+never by its code string: the tables below are walked along the class's MRO, so a
+subclass answers like its family unless it is mapped itself. Every answer gets the body
+`{"error", "code"}` (plus `details` for spec problems), and Quart's own failures —
+unknown route, wrong method, body too large, uncaught exception — get the same JSON
+shape instead of an HTML page or a stack trace. WebSocket connections get the same
+information as an `error` event and a close code.
 """
 
 from __future__ import annotations
@@ -23,18 +24,43 @@ from engine.errors import (
     BadRequest,
     FellowshipError,
     Forbidden,
+    InvalidSpec,
     InvalidState,
     NotFound,
     PayloadTooLarge,
+    ShuttingDown,
+    SpecRejected,
     TooMany,
     Unavailable,
 )
 from engine.events import ErrorEvent
 from engine.hub import CLOSE_SESSION_ENDED, CLOSE_SHUTDOWN, CLOSE_TOO_SLOW
-from engine.spec.loader import InvalidSpec, SpecRejected
 from server.api_models import ErrorBody, ErrorDetail
 
 log = logging.getLogger("fellowship.server")
+
+# --- the server's own errors ---------------------------------------------------------------------
+
+
+class ParameterError(BadRequest):
+    """A query string or header that does not fit its model; `details` names each field."""
+
+    code = "invalid_parameters"
+
+    def __init__(self, message: str, details: list[ErrorDetail]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class RateLimited(TooMany):
+    """Too many requests from one client address; retry after `retry_after` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many requests; retry in {retry_after} s")
+        self.retry_after = retry_after
+
 
 # --- HTTP statuses ------------------------------------------------------------------------------
 
@@ -90,12 +116,8 @@ _WS_CODE_BY_CLASS: Final[dict[type[FellowshipError], int]] = {
     InvalidState: WS_CONFLICT,
     TooMany: WS_CONFLICT,
     Unavailable: WS_TRY_AGAIN_LATER,
-}
-# Refusals whose class says less than their code.
-_WS_CODE_BY_ERROR_CODE: Final[dict[str, int]] = {
-    "talkers_not_allowed": WS_FORBIDDEN,
-    "rate_limited": WS_RATE_LIMITED,
-    "shutting_down": WS_GOING_AWAY,
+    ShuttingDown: WS_GOING_AWAY,
+    RateLimited: WS_RATE_LIMITED,
 }
 _WS_CODE_BY_CLOSE_REASON: Final[dict[str, int]] = {
     CLOSE_SESSION_ENDED: WS_NORMAL,
@@ -113,26 +135,6 @@ class MappedError:
     status: int
     body: ErrorBody
     headers: dict[str, str]
-
-
-class ParameterError(BadRequest):
-    """A query string or header that does not fit its model; `details` names each field."""
-
-    code = "invalid_parameters"
-
-    def __init__(self, message: str, details: list[ErrorDetail]) -> None:
-        super().__init__(message)
-        self.details = details
-
-
-class RateLimited(TooMany):
-    """Too many requests from one client address; retry after `retry_after` seconds."""
-
-    code = "rate_limited"
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many requests; retry in {retry_after} s")
-        self.retry_after = retry_after
 
 
 def status_for(exc: FellowshipError) -> int:
@@ -202,9 +204,6 @@ def _json(body: ErrorBody, status: int, headers: dict[str, str]) -> Response:
 
 def ws_close_code(exc: FellowshipError) -> int:
     """The close code a refused or failed WebSocket connection gets for this error."""
-    by_code = _WS_CODE_BY_ERROR_CODE.get(exc.code)
-    if by_code is not None:
-        return by_code
     for cls in type(exc).__mro__:
         code = _WS_CODE_BY_CLASS.get(cls)
         if code is not None:

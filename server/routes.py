@@ -17,9 +17,10 @@ from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_request, document_response, tag
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from engine.errors import SpecIssue, SpecTooLarge
 from engine.manager import CreatedSession
 from engine.spec.library import list_specs, load_named_spec
-from engine.spec.loader import SpecIssue, SpecTooLarge, load_spec, read_spec_document
+from engine.spec.loader import load_spec, read_spec_document
 from engine.spec.models import SessionSpec
 from engine.status import SessionStatus
 from server.api_models import (

@@ -10,7 +10,7 @@ from quart import current_app
 
 from engine.backend_status import BackendBoard
 from engine.config import Settings
-from engine.errors import Unavailable
+from engine.errors import ShuttingDown
 from engine.manager import SessionManager
 from server.ratelimit import RateLimiter
 
@@ -66,7 +66,7 @@ class ServerState:
     def refuse_if_closing(self) -> None:
         """Refuse new work once shutdown has begun."""
         if self.closing:
-            raise Unavailable("the server is shutting down", code="shutting_down")
+            raise ShuttingDown("the server is shutting down")
 
 
 def current_state() -> ServerState:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from quart import Blueprint, websocket
 from quart_schema import document_querystring, tag
 
-from engine.errors import BadRequest, FellowshipError
+from engine.errors import BadFrame, FellowshipError, InternalError, InvalidJson, UnknownFrameType
 from engine.events import Pong
 from engine.manager import Handle, SessionManager
 from engine.session import Member
@@ -133,7 +133,7 @@ class Connection:
             if failed:
                 exc = failed[0].exception()
                 self.handle.session.log.error("websocket connection failed: %r", exc, exc_info=exc)
-                internal = FellowshipError("internal error", code="internal")
+                internal = InternalError("internal error")
                 with contextlib.suppress(Exception):
                     await self._send_to_client(error_event(internal, seq=self.last_seq))
                 closing = (WS_INTERNAL, "internal error")
@@ -176,11 +176,11 @@ class Connection:
 
     async def _handle(self, raw: str | bytes) -> None:
         if isinstance(raw, bytes):
-            raise BadRequest("binary frames are not supported; send JSON text", code="bad_frame")
+            raise BadFrame("binary frames are not supported; send JSON text")
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError):  # deep nesting overflows the parser
-            raise BadRequest("the frame is not valid JSON", code="invalid_json") from None
+            raise InvalidJson("the frame is not valid JSON") from None
         frame = _parse_frame(data)
         if isinstance(frame, PingFrame):
             await self._send_to_client(Pong(seq=self.last_seq, ts=datetime.now(UTC)))
@@ -191,22 +191,16 @@ class Connection:
 def _parse_frame(data: object) -> UserMessageFrame | PingFrame:
     """A client frame, or `BadRequest` saying what is wrong with it."""
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise BadRequest(
-            'a frame is a JSON object with a "type": "user_message" or "ping"', code="bad_frame"
-        )
+        raise BadFrame('a frame is a JSON object with a "type": "user_message" or "ping"')
     kind = data["type"]
     if kind not in ("user_message", "ping"):
-        raise BadRequest(
-            f"unknown frame type {kind[:40]!r}; expected user_message or ping",
-            code="unknown_frame_type",
-        )
+        raise UnknownFrameType(f"unknown frame type {kind[:40]!r}; expected user_message or ping")
     try:
         frame = client_frame_adapter.validate_python(data)
     except ValidationError:
-        raise BadRequest('a user_message needs a text "content"', code="bad_frame") from None
+        raise BadFrame('a user_message needs a text "content"') from None
     if isinstance(frame, UserMessageFrame) and has_lone_surrogate(frame.content):
-        raise BadRequest(
-            "the frame is not valid JSON text: it escapes a lone surrogate (\\ud800 to \\udfff)",
-            code="invalid_json",
+        raise InvalidJson(
+            "the frame is not valid JSON text: it escapes a lone surrogate (\\ud800 to \\udfff)"
         )
     return frame

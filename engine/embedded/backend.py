@@ -19,10 +19,11 @@ from typing import Final
 
 from engine.backend_status import BackendBoard, BuildProgress
 from engine.config import Settings
-from engine.embedded.build import BuildError, build_llama_server
-from engine.embedded.model import ModelMissing, find_model, model_name
+from engine.embedded.build import build_llama_server
+from engine.embedded.model import find_model, model_name
 from engine.embedded.recipe import TARGET, cache_paths
 from engine.embedded.supervisor import ChildState, Supervisor, Timings
+from engine.errors import BuildError, ModelMissing
 
 log = logging.getLogger("fellowship.backend")
 

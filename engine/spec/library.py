@@ -19,7 +19,8 @@ from typing import Any, Final
 from pydantic import BaseModel, Field
 
 from engine.config import Settings
-from engine.errors import NotFound, Unavailable
+from engine.errors import SpecNotFound as SpecNotFound  # importable from here as before
+from engine.errors import Unavailable
 from engine.spec.loader import (
     InvalidSpec,
     SpecIssue,
@@ -40,12 +41,6 @@ _MODELINE = "yaml-language-server:"
 # The name is not echoed: it is client input of any length.
 _NOT_FOUND = "there is no library spec by that name"
 _ABSENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
-
-
-class SpecNotFound(NotFound):
-    """No library spec has this name."""
-
-    code = "spec_not_found"
 
 
 class LibraryEntry(BaseModel):

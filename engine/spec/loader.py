@@ -22,14 +22,21 @@ import logging
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from engine.config import Settings
-from engine.errors import BadRequest, FellowshipError, PayloadTooLarge
+
+# The spec errors live with every other error; importable from here as before.
+from engine.errors import InvalidSpec as InvalidSpec
+from engine.errors import MalformedSpec as MalformedSpec
+from engine.errors import SpecFailure as SpecFailure
+from engine.errors import SpecIssue as SpecIssue
+from engine.errors import SpecRejected as SpecRejected
+from engine.errors import SpecTooLarge as SpecTooLarge
 from engine.spec.models import (
     ORCHESTRATED_MIN_BOTS,
     BotSpec,
@@ -46,7 +53,6 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
 
 logger = logging.getLogger(__name__)
 
-SpecFailure = Literal["malformed", "too_large", "invalid"]
 SpecFormat = Literal["json", "yaml"]
 Loc = tuple[str | int, ...]
 Position = tuple[int, int]  # 1-based line and column
@@ -67,72 +73,11 @@ _UNKNOWN_KEY: dict[type[BaseModel], str] = {
 }
 
 
-class SpecIssue(BaseModel):
-    """One problem found in a spec, located by path and (for YAML) line."""
-
-    path: str = Field(
-        description="Where the problem is: keys joined by dots, list items as [index] "
-        "(e.g. bots[1].name). Empty when it concerns the whole document."
-    )
-    message: str = Field(description="What is wrong, in plain words.")
-    line: int | None = Field(None, description="1-based line in the submitted document.")
-    column: int | None = Field(None, description="1-based column in the submitted document.")
-
-    def __str__(self) -> str:
-        if not self.path:
-            if self.line is None:
-                return self.message
-            where = f"line {self.line}"
-            if self.column is not None:
-                where += f", column {self.column}"
-            return f"{where}: {self.message}"
-        where = self.path if self.line is None else f"{self.path} (line {self.line})"
-        return f"{where}: {self.message}"
-
-
 class SpecWarning(SpecIssue):
     """Something accepted but worth knowing: an ignored key, an unbuilt option."""
 
 
 _IssueT = TypeVar("_IssueT", bound=SpecIssue)
-
-
-class SpecRejected(FellowshipError):
-    """A spec was refused; `issues` lists every problem found.
-
-    The subclass says how: `MalformedSpec` (400), `SpecTooLarge` (413) or
-    `InvalidSpec` (422).
-    """
-
-    failure: ClassVar[SpecFailure]
-
-    def __init__(self, issues: Sequence[SpecIssue]) -> None:
-        self.issues = list(issues)
-        summary = str(self.issues[0]) if self.issues else "the spec was refused"
-        if len(self.issues) > 1:
-            summary += f" (and {len(self.issues) - 1} more problems)"
-        super().__init__(summary)
-
-
-class MalformedSpec(SpecRejected, BadRequest):
-    """The document cannot be read: encoding, syntax, aliases, several documents."""
-
-    code = "malformed_spec"
-    failure = "malformed"
-
-
-class SpecTooLarge(SpecRejected, PayloadTooLarge):
-    """The document is larger than MAX_SPEC_BYTES."""
-
-    code = "spec_too_large"
-    failure = "too_large"
-
-
-class InvalidSpec(SpecRejected):
-    """The document was read but is not a valid spec (maps to HTTP 422)."""
-
-    code = "invalid_spec"
-    failure = "invalid"
 
 
 class SpecResult(BaseModel):

@@ -10,45 +10,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.errors import FellowshipError
+# The store's errors live with every other error; importable from here as before.
+from engine.errors import StorageError as StorageError
+from engine.errors import StorageFailure as StorageFailure
+from engine.errors import StorageProblem as StorageProblem
 from engine.history import Message
-
-StorageProblem = Literal[
-    "read_only",
-    "disk_full",
-    "not_a_database",
-    "corrupt",
-    "cannot_open",
-    "locked",
-    "io",
-    "schema_too_new",
-    "unknown_schema",
-    "unknown_session",
-    "closed",
-    "other",
-]
-
-
-class StorageError(FellowshipError):
-    """The store could not read or write: the durability promise cannot be kept.
-
-    `problem` says what kind of failure it was (for tests, logs and the
-    operator); the message says what happened and where, in plain words.
-    """
-
-    code = "storage_error"
-
-    def __init__(self, message: str, *, problem: StorageProblem = "other") -> None:
-        super().__init__(message)
-        self.problem: StorageProblem = problem
-
-
-class StorageFailure(StorageError):
-    """A write failed for a reason the store did not classify (still unrecoverable)."""
 
 
 class SessionRecord(BaseModel):

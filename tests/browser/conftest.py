@@ -1,10 +1,11 @@
 """Fixtures for the web console's browser tests.
 
 The whole product runs in-process — `create_app` served by Hypercorn on a random
-loopback port, talking to a `MockLLM` — and a real headless Chromium (Debian's
-`/usr/bin/chromium`, never a downloaded build) is driven by Playwright's async API in
-the same event loop. Every page is watched for console errors and uncaught exceptions;
-a test fails if any appears. Screenshots go to `test-artifacts/` (git-ignored).
+loopback port, talking to a `MockLLM` (the fixtures of `tests.support.server`) — and a
+real headless Chromium (Debian's `/usr/bin/chromium`, never a downloaded build) is
+driven by Playwright's async API in the same event loop. Every page is watched for
+console errors and uncaught exceptions; a test fails if any appears. Screenshots go to
+`test-artifacts/` (git-ignored).
 
 The tests skip, saying why, only when `/usr/bin/chromium` is missing.
 """
@@ -14,13 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.async_api import (
     BrowserContext,
@@ -32,12 +31,9 @@ from playwright.async_api import (
     expect,
 )
 
-from engine.config import Settings
 from engine.llm.mock import MockLLM, MockReply, RecordedRequest
-from server.app import create_app
-from server.hosting import serve
-from tests.integration.conftest import RunningServer
-from tests.support.engine import WAIT_SECONDS, make_settings
+from tests.support.engine import WAIT_SECONDS
+from tests.support.server import RunningServer, mock, server, server_factory
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -63,45 +59,7 @@ DESKTOP: ViewportSize = {"width": 1280, "height": 900}
 
 # --- the server ---------------------------------------------------------------------------------
 
-
-async def start_console_server(settings: Settings) -> RunningServer:
-    """Serve the app, with the console, on a random loopback port; return once it answers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    port = int(sock.getsockname()[1])
-    app = create_app(settings)
-    shutdown = asyncio.Event()
-    task = asyncio.create_task(serve(app, settings, shutdown=shutdown, sock=sock))
-    running = RunningServer(app, settings, port, shutdown, task)
-    async with httpx.AsyncClient(base_url=running.base_url) as client:
-        ready = asyncio.create_task(client.get("/healthz"))
-        done, _ = await asyncio.wait(
-            {ready, task}, timeout=WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED
-        )
-        if task in done:
-            task.result()
-        assert ready in done, "server did not answer /healthz"
-    return running
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockLLM]:
-    async with MockLLM() as backend:
-        yield backend
-
-
-@pytest.fixture
-async def server(tmp_path: Path, mock: MockLLM) -> AsyncIterator[RunningServer]:
-    # Short WebSocket pings let the server shut down quickly after each test.
-    settings = make_settings(
-        tmp_path, mock.base_url, specs_dir=ROOT / "specs", ws_ping_seconds=0.5
-    )
-    running = await start_console_server(settings)
-    yield running
-    if not running.task.done():
-        await running.stop()
+__all__ = ["mock", "server", "server_factory"]
 
 
 @dataclass

@@ -20,8 +20,8 @@ from tests.browser.conftest import (
     Gate,
     OpenConsole,
 )
-from tests.integration.conftest import RunningServer
 from tests.support.engine import WAIT_SECONDS
+from tests.support.server import RunningServer
 
 PHONE: ViewportSize = {"width": 390, "height": 844}
 

@@ -7,8 +7,8 @@ from playwright.async_api import expect
 from engine.backend_status import BackendBoard, BuildProgress
 from tests.browser.conftest import OpenConsole
 from tests.browser.test_console import two_bot_spec
-from tests.integration.conftest import RunningServer
 from tests.support.engine import WAIT_SECONDS
+from tests.support.server import RunningServer
 
 
 async def test_the_header_names_the_backend_its_model_and_that_it_answers(

@@ -10,10 +10,9 @@ import pytest
 from playwright.async_api import expect
 
 from engine.llm.mock import MockLLM
-from tests.browser.conftest import ROOT, OpenConsole, start_console_server
+from tests.browser.conftest import OpenConsole
 from tests.browser.test_console import two_bot_spec
-from tests.integration.conftest import RunningServer
-from tests.support.engine import make_settings
+from tests.support.server import RunningServer, server_settings, start_server
 
 
 @pytest.fixture
@@ -35,15 +34,13 @@ def backend_port(backend_socket: socket.socket) -> int:
 
 @pytest.fixture
 async def server(tmp_path: Path, backend_port: int) -> AsyncIterator[RunningServer]:
-    settings = make_settings(
+    settings = server_settings(
         tmp_path,
         f"http://127.0.0.1:{backend_port}/v1",
-        specs_dir=ROOT / "specs",
-        ws_ping_seconds=0.5,
         backend_retry_seconds=0.05,
         backend_retry_max_seconds=0.1,
     )
-    running = await start_console_server(settings)
+    running = await start_server(settings)
     yield running
     if not running.task.done():
         await running.stop()

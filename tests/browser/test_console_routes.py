@@ -9,7 +9,7 @@ import pytest
 from quart.typing import TestClientProtocol as QuartClient
 
 from engine.diagrams import graphviz_available
-from engine.spec.loader import SpecTooLarge
+from engine.errors import SpecTooLarge
 from server import console
 from server.app import create_app
 from server.console import DiagramUnavailable, diagram_svg

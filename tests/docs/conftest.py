@@ -1,5 +1,5 @@
-"""The real server and the mock backend, shared with the integration tests."""
+"""The real server and the mock backend, as the other suites start them."""
 
-from tests.integration.conftest import mock, server, server_factory
+from tests.support.server import mock, server, server_factory
 
 __all__ = ["mock", "server", "server_factory"]

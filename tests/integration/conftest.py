@@ -1,16 +1,15 @@
 """Fixtures for tests of the real server: Hypercorn on 127.0.0.1, real clients, mock backend.
 
-`server` is the whole product in-process: `create_app` served by `server.hosting.serve`
-on a socket bound to a random loopback port, talking to a `MockLLM` over loopback.
-Clients are the real thing too: `httpx`, `websockets` and `httpx-sse`. Waits are for
-events, bounded by `WAIT_SECONDS` only so that a broken test fails instead of hanging.
+`server` is the whole product in-process (`tests.support.server`: `create_app` served on
+a random loopback port, talking to a `MockLLM` over loopback). Clients are the real thing
+too: `httpx`, `websockets` and `httpx-sse`. Waits are for events, bounded by
+`WAIT_SECONDS` only so that a broken test fails instead of hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +17,22 @@ from typing import Any
 
 import httpx
 import pytest
-from quart import Quart
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from engine.config import Settings
 from engine.llm.mock import MockLLM
 from engine.manager import SessionManager
-from server.app import create_app
-from server.hosting import serve
-from server.state import EXTENSION_KEY, ServerState
 from tests.support.engine import WAIT_SECONDS, make_settings
+from tests.support.server import (
+    RunningServer,
+    ServerFactory,
+    mock,
+    server,
+    server_factory,
+    start_server,
+)
+
+__all__ = ["RunningServer", "ServerFactory", "mock", "server", "server_factory", "start_server"]
 
 Event = dict[str, Any]
 
@@ -46,75 +50,7 @@ def spec_dict(bots: list[str] | None = None, **options: Any) -> dict[str, Any]:
     }
 
 
-# --- the server --------------------------------------------------------------------------------
-
-
-@dataclass
-class RunningServer:
-    """A Fellowship server running in this event loop."""
-
-    app: Quart
-    settings: Settings
-    port: int
-    shutdown: asyncio.Event
-    task: asyncio.Task[None]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def state(self) -> ServerState:
-        state: ServerState = self.app.extensions[EXTENSION_KEY]
-        return state
-
-    @property
-    def manager(self) -> SessionManager:
-        return self.state.manager
-
-    async def stop(self) -> None:
-        """Shut down gracefully and wait until the server has stopped."""
-        self.shutdown.set()
-        await asyncio.wait_for(self.task, WAIT_SECONDS)
-
-
-async def start_server(settings: Settings, *, sndbuf: int | None = None) -> RunningServer:
-    """Serve a fresh app on a random loopback port; return once it answers.
-
-    `sndbuf` shrinks the send buffer of accepted connections (Linux: they inherit it
-    from the listening socket), to make a slow client fall behind quickly.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if sndbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()  # connections queue up until Hypercorn accepts them
-    port = int(sock.getsockname()[1])
-    app = create_app(settings)
-    shutdown = asyncio.Event()
-    task = asyncio.create_task(serve(app, settings, shutdown=shutdown, sock=sock))
-    running = RunningServer(app, settings, port, shutdown, task)
-    async with httpx.AsyncClient(base_url=running.base_url) as client:
-        ready = asyncio.create_task(client.get("/healthz"))
-        done, _ = await asyncio.wait(
-            {ready, task}, timeout=WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED
-        )
-        if task in done:
-            task.result()  # raises the start-up failure
-        assert ready in done, "server did not answer /healthz"
-        assert ready.result().status_code == 200
-    return running
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockLLM]:
-    async with MockLLM() as backend:
-        yield backend
+# --- engines and clients -----------------------------------------------------------------------
 
 
 ManagerFactory = Callable[..., Awaitable[SessionManager]]
@@ -140,38 +76,6 @@ async def manager_factory(tmp_path: Path, mock: MockLLM) -> AsyncIterator[Manage
 async def manager(manager_factory: ManagerFactory) -> SessionManager:
     """An engine on the mock with the test settings."""
     return await manager_factory()
-
-
-ServerFactory = Callable[..., Awaitable[RunningServer]]
-
-
-@pytest.fixture
-async def server_factory(tmp_path: Path, mock: MockLLM) -> AsyncIterator[ServerFactory]:
-    """Start servers with settings overrides; every one is stopped after the test."""
-    servers: list[RunningServer] = []
-
-    async def make(*, listen_sndbuf: int | None = None, **overrides: Any) -> RunningServer:
-        values: dict[str, Any] = {
-            "specs_dir": Path(__file__).parents[2] / "specs",
-            # Hypercorn keeps a closed WebSocket's ping loop until its next tick; a short
-            # interval keeps shutdown at the end of each test quick.
-            "ws_ping_seconds": 0.5,
-        }
-        values.update(overrides)
-        settings = make_settings(tmp_path, mock.base_url, **values)
-        running = await start_server(settings, sndbuf=listen_sndbuf)
-        servers.append(running)
-        return running
-
-    yield make
-    for running in servers:
-        if not running.task.done():
-            await running.stop()
-
-
-@pytest.fixture
-async def server(server_factory: ServerFactory) -> RunningServer:
-    return await server_factory()
 
 
 @pytest.fixture

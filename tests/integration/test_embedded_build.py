@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from engine.backend_status import BuildProgress
-from engine.embedded.build import ALTERNATIVES, STEPS, BuildError, build_llama_server
+from engine.embedded.build import ALTERNATIVES, STEPS, build_llama_server
 from engine.embedded.recipe import RECIPE, SDIST_NAME, CachePaths, is_built
+from engine.errors import BuildError
 
 FAKE_CMAKE = f"""#!{sys.executable}
 import os, sys

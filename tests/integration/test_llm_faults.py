@@ -55,9 +55,11 @@ RETRYABLE = [
 IDS = [f"{fault.value}-{'stream' if stream else 'whole'}" for fault, stream, _ in RETRYABLE]
 
 
-def short_timeout_client(mock: MockLLM, sleeper: RecordingSleep, **overrides: object) -> LLMClient:
+def short_timeout_client(
+    mock: MockLLM, sleeper: RecordingSleep, *, timeout: float = 0.3, **overrides: object
+) -> LLMClient:
     # Endless replies are only ever stopped by LLM_TIMEOUT; keep it short here.
-    return LLMClient(llm_settings(mock.base_url, llm_timeout=0.3, **overrides), sleep=sleeper)
+    return LLMClient(llm_settings(mock.base_url, llm_timeout=timeout, **overrides), sleep=sleeper)
 
 
 @pytest.mark.parametrize(("fault", "stream", "code"), RETRYABLE, ids=IDS)
@@ -65,7 +67,8 @@ async def test_one_faulty_attempt_is_retried_and_the_retry_succeeds(
     mock: MockLLM, sleeper: RecordingSleep, fault: Fault, stream: bool, code: str
 ) -> None:
     mock.enqueue(MockReply(fault=fault))
-    async with short_timeout_client(mock, sleeper) as llm:
+    # The retry has to succeed within LLM_TIMEOUT: room for a busy machine.
+    async with short_timeout_client(mock, sleeper, timeout=1.0) as llm:
         completion = await llm.chat(chat_request(stream=stream), backend=llm.default_backend)
 
     assert completion.content == EXPECTED_TEXT
@@ -244,17 +247,24 @@ async def test_slow_on_token_callback_does_not_count_as_backend_silence(
 ) -> None:
     import asyncio
 
-    settings = llm_settings(mock.base_url, llm_stream_idle_timeout=0.05, llm_retries=0)
+    # The first token's callback takes twice the idle timeout. The idle timeout is long
+    # enough that the backend's own gaps (it sends every token at once) never come near
+    # it, even on a busy machine: only the callback's time could make the call fail.
+    idle = 0.5
+    settings = llm_settings(mock.base_url, llm_stream_idle_timeout=idle, llm_retries=0)
+    tokens: list[str] = []
 
     async def slow_sink(token: str) -> None:
-        await asyncio.sleep(0.06)
+        if not tokens:
+            await asyncio.sleep(2 * idle)
+        tokens.append(token)
 
     async with LLMClient(settings, sleep=sleeper) as llm:
         completion = await llm.chat(
             chat_request(stream=True), backend=llm.default_backend, on_token=slow_sink
         )
 
-    assert completion.content == EXPECTED_TEXT
+    assert completion.content == EXPECTED_TEXT == "".join(tokens)
 
 
 async def test_endless_stream_is_abandoned_and_the_mock_does_not_leak(

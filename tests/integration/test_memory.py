@@ -11,10 +11,10 @@ import asyncio
 
 import pytest
 
+from engine.errors import InvalidSpec
 from engine.llm.mock import MockLLM, MockReply, RecordedRequest
 from engine.manager import SessionManager
 from engine.memory import MEMORY_INSTRUCTIONS, write_memory
-from engine.spec.loader import InvalidSpec
 from tests.support.direct_session import bare_session
 from tests.support.engine import WAIT_SECONDS, spec, watch
 

@@ -175,13 +175,20 @@ async def test_keep_alive_comments_arrive_while_nothing_happens(
     async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_SECONDS) as http:
         created = await create_session(http, participation="reactive")
         url = f"/v1/session/{created['observer_token']}/stream"
-        comments = 0
-        async with http.stream("GET", url) as response:
+        lines: list[str] = []
+        async with http.stream("GET", url) as response, asyncio.timeout(WAIT_SECONDS):
+            assert response.status_code == 200
             async for line in response.aiter_lines():
-                if line.startswith(":"):
-                    comments += 1
-                    if comments == 3:
-                        break
+                lines.append(line)
+                if lines.count(": keep-alive") == 3:
+                    break
+    assert lines.count(": keep-alive") == 3, lines
+    # The stream stays open, and the comments are all it carries once the member's own
+    # arrival is told: nothing else happens in a reactive session without talkers.
+    assert not any(line.startswith(": closed") for line in lines), lines
+    data = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    types = [json.loads(text)["type"] for text in data]
+    assert types == ["history", "member_joined"], types
 
 
 async def test_bad_last_event_id_is_400_and_unknown_token_404(

@@ -25,11 +25,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from engine.config import Settings
 from engine.events import BaseEvent
@@ -374,11 +374,14 @@ def purpose_of(request: ChatRequest) -> str:
     return "bot"
 
 
-class RecordingClient(LLMClient):
-    """The real LLM client, keeping a `CallRecord` of every call it makes."""
+_State = TypeVar("_State")
+
+
+class RecordingClient:
+    """The real LLM client, keeping a `CallRecord` of every call it makes (a `ChatClient`)."""
 
     def __init__(self, settings: Settings, backend_name: str) -> None:
-        super().__init__(settings)
+        self.real = LLMClient(settings)
         self.backend_name = backend_name
         self.calls: list[CallRecord] = []
         self._counter = get_counter(settings.tokenizer)
@@ -387,6 +390,19 @@ class RecordingClient(LLMClient):
             before, _, after = nudge.partition("{name}")
             nudges.append(rf"{re.escape(before)}.+{re.escape(after)}")
         self._nudge = re.compile(rf"(?:{'|'.join(nudges)})\Z", re.DOTALL)
+
+    @property
+    def default_backend(self) -> Backend:
+        return self.real.default_backend
+
+    def resolve_backend(self, base_url: str | None, api_key: SecretStr | None) -> Backend:
+        return self.real.resolve_backend(base_url, api_key)
+
+    def state_for(self, backend: Backend, kind: type[_State]) -> _State:
+        return self.real.state_for(backend, kind)
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
 
     async def chat(
         self,
@@ -406,7 +422,7 @@ class RecordingClient(LLMClient):
             "structured": purpose_of(request) == "orchestrator" and not request.tools,
         }
         try:
-            completion = await super().chat(
+            completion = await self.real.chat(
                 request, backend=backend, on_token=on_token, on_retry=on_retry, queue_key=queue_key
             )
         except LLMError as exc:

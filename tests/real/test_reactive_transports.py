@@ -7,7 +7,6 @@ llama-server, with streamed tokens, so real token timing flows through both tran
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,8 +19,6 @@ from httpx_sse import aconnect_sse
 
 from engine.manager import SessionManager
 from engine.store.sqlite import SqliteStore
-from server.app import create_app
-from server.hosting import serve
 from tests.integration.conftest import WsMember, check_stream, ws_join
 from tests.real.conftest import (
     CAST,
@@ -39,6 +36,7 @@ from tests.real.conftest import (
     reply_problems,
     token_ratios,
 )
+from tests.support.server import start_server
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(TEST_TIMEOUT)]
 
@@ -84,29 +82,11 @@ async def fellowship(
     """The Fellowship server on a free loopback port, its LLM calls recorded; yields its URL."""
     settings = real_settings(tmp_path, backend, specs_dir=ROOT / "specs", ws_ping_seconds=0.5)
     manager = SessionManager(settings, store=SqliteStore.from_settings(settings), llm=client)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    port = int(sock.getsockname()[1])
-    shutdown = asyncio.Event()
-    app = create_app(settings, manager=manager)
-    task = asyncio.create_task(serve(app, settings, shutdown=shutdown, sock=sock))
-    url = f"http://127.0.0.1:{port}"
+    running = await start_server(settings, manager=manager, wait=SESSION_SECONDS)
     try:
-        async with httpx.AsyncClient(base_url=url) as http:
-
-            def up() -> bool:
-                return task.done()
-
-            ready = asyncio.create_task(http.get("/healthz"))
-            await eventually(lambda: ready.done() or up(), "the Fellowship server")
-            if task.done():
-                task.result()
-            assert ready.result().status_code == 200
-        yield url
+        yield running.base_url
     finally:
-        shutdown.set()
-        await asyncio.wait_for(task, SESSION_SECONDS)
+        await running.stop(SESSION_SECONDS)
 
 
 async def until_turns(observer: SseObserver, count: int) -> None:

@@ -1,8 +1,9 @@
 """Fixtures for the reliability suite: the real server in-process, real clients, the mock.
 
-The server fixtures are the integration suite's own (a Fellowship server on a random
-loopback port, the mock backend, WebSocket members); this module adds an SSE observer
-and a session's full record: every member's events and the stored history.
+The server fixtures are those of `tests.support.server` (a Fellowship server on a random
+loopback port, the mock backend), the clients the integration suite's (WebSocket
+members); this module adds an SSE observer and a session's full record: every member's
+events and the stored history.
 """
 
 from __future__ import annotations
@@ -21,17 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import (
-    Event,
-    RunningServer,
-    WsMember,
-    client,
-    members,
-    mock,
-    server,
-    server_factory,
-)
+from tests.integration.conftest import Event, WsMember, client, members
 from tests.support.engine import WAIT_SECONDS
+from tests.support.server import RunningServer, mock, server, server_factory
 
 __all__ = ["client", "members", "mock", "server", "server_factory"]
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from engine.backend_status import (
-    BackendBoard,
-    BackendFailed,
-    BackendStarting,
-    BuildProgress,
-)
+from engine.backend_status import BackendBoard, BuildProgress
+from engine.errors import BackendFailed, BackendStarting
 from tests.support.clock import ManualClock
 
 

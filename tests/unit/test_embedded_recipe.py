@@ -9,8 +9,9 @@ import pytest
 
 from engine.config import load_settings
 from engine.embedded.backend import llama_server_command
-from engine.embedded.model import ModelMissing, find_model, model_name
+from engine.embedded.model import find_model, model_name
 from engine.embedded.recipe import RECIPE, CachePaths, cache_root, is_built
+from engine.errors import ModelMissing
 
 # What tests/real/build.sh wrote into llama-server.stamp before the recipe moved into the
 # package: caches built then must still count as built.

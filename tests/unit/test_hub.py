@@ -162,9 +162,11 @@ class GatedStore:
         self.messages: list[Message] = []
         self.gate = asyncio.Event()
         self.gate.set()
+        self.reached = asyncio.Event()  # a write got to the store (and waits if gated)
         self.fail: Exception | None = None
 
     async def __call__(self, frames: list[Frame], messages: list[Message]) -> None:
+        self.reached.set()
         await self.gate.wait()
         if self.fail is not None:
             raise self.fail
@@ -187,7 +189,7 @@ async def test_an_event_reaches_members_only_once_it_is_stored() -> None:
     drain(sub)
     store.gate.clear()
     hub.publish(BotMessage(bot="A", turn=1, content="x"))
-    await asyncio.sleep(0.01)
+    await store.reached.wait()
     assert sub.pending == 0 and store.frames == [] and hub.durable_seq == 0
     store.gate.set()
     await hub.flushed()
@@ -202,7 +204,7 @@ async def test_a_history_taken_while_events_are_written_waits_for_them() -> None
     publish_messages(hub, 2)
     sub = hub.subscribe(snapshot)  # covers seq 1..2, which are not stored yet
     hub.publish(BotMessage(bot="A", turn=3, content="x"))
-    await asyncio.sleep(0.01)
+    await store.reached.wait()
     assert sub.pending == 0
     store.gate.set()
     await hub.flushed()
@@ -251,7 +253,7 @@ async def test_a_cancelled_committer_does_not_take_its_write_back() -> None:
     store.gate.clear()
     event = TalkerMessage(talker="Dana", talker_id="t", turn=1, content="m1")
     committer = asyncio.create_task(hub.commit(message(1), [event]))
-    await asyncio.sleep(0.01)
+    await store.reached.wait()  # cancelled while its write is in the store's hands
     committer.cancel()
     store.gate.set()
     await hub.flushed()

@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 
 from engine.config import ConfigError, load_settings
+from engine.errors import SecretKeyMissing, SecretUnreadable
 from engine.spec.models import SECRET_FIELDS
 from engine.store.base import SessionRecord
 from engine.store.memory import MemoryStore
 from engine.store.secrets import (
     SealedSecret,
     SecretBox,
-    SecretKeyMissing,
-    SecretUnreadable,
     generate_key,
     key_id,
     open_secrets,

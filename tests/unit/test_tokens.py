@@ -12,11 +12,11 @@ import pytest
 import tiktoken
 
 from engine import tokens
+from engine.errors import TokenizerError
 from engine.llm.types import ChatMessage
 from engine.tokens import (
     REPLY_PRIMING_TOKENS,
     TOKENS_PER_MESSAGE,
-    TokenizerError,
     get_counter,
 )
 
