@@ -75,7 +75,7 @@ class SessionLoop:
         self._after_bot_turn = False
         self._task: asyncio.Task[None] | None = None
         self._errors_in_a_row = 0
-        self.template_watch = TemplateWatch(session)
+        self.template_watch = TemplateWatch(session.deps.settings, session.deps.counter)
         self.ended = asyncio.Event()
         self._changed = asyncio.Event()
         self._ending: asyncio.Task[None] | None = None
@@ -144,12 +144,12 @@ class SessionLoop:
         if self.selector.deliberates:
             self.machine.fire("choose")
             return
-        decision = await self.selector.select(session)
+        decision = await self.selector.select(session.turn_view())
         await self._apply(decision)
 
     async def _orchestrate(self) -> None:
         seen = self.unanswered
-        decision = await self.selector.select(self.session)
+        decision = await self.selector.select(self.session.turn_view())
         if self.lifecycle.state == "paused":
             # The choice is dropped: it is made afresh, on the history as it is, at resume.
             self.machine.fire("pause")
@@ -180,7 +180,7 @@ class SessionLoop:
     async def _run_turn(self) -> None:
         slot = self._slot
         assert slot is not None
-        outcome = await run_turn(self.session, slot, self.template_watch)
+        outcome = await run_turn(self.session.turn_view(), slot, self.template_watch)
         if await is_outage(outcome.error, self.session.backend, self.session.deps.settings):
             outcome = await self._wait_out_outage(slot, outcome)
         await self._settle(slot, outcome)
@@ -219,7 +219,7 @@ class SessionLoop:
             if not await answers(session.backend, settings):
                 outcome = TurnOutcome(error=outcome.error)
                 continue
-            outcome = await run_turn(session, slot, self.template_watch)
+            outcome = await run_turn(session.turn_view(), slot, self.template_watch)
             if not await is_outage(outcome.error, session.backend, settings):
                 session.log.info("the LLM backend answers again")
                 return outcome
