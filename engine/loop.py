@@ -77,7 +77,7 @@ class SessionLoop:
         self._task: asyncio.Task[None] | None = None
         self._deadline: asyncio.Task[None] | None = None
         self._errors_in_a_row = 0
-        self.template_watch = TemplateWatch(session)
+        self.template_watch = TemplateWatch(session.deps.settings, session.deps.counter)
         self.ended = asyncio.Event()
         self._changed = asyncio.Event()
         self._ending: asyncio.Task[None] | None = None
@@ -162,13 +162,13 @@ class SessionLoop:
     async def _orchestrate(self) -> None:
         self._seen = self.unanswered
         self._decision = None
-        self._decision = await self.selector.select(self.session)
+        self._decision = await self.selector.select(self.session.turn_view())
 
     async def _dispatch(self) -> Slot:
         """Reserve the chosen bot's slot (round robin: the next in turn) and announce it."""
         decision, self._decision = self._decision, None
         if decision is None:
-            decision = await self.selector.select(self.session)
+            decision = await self.selector.select(self.session.turn_view())
         bot = decision.bot
         assert decision.action == "speak" and bot is not None
 
@@ -187,7 +187,7 @@ class SessionLoop:
     async def _run_turn(self) -> None:
         # A turn retried after an internal error keeps the slot it reserved.
         slot = self._slot or await self._dispatch()
-        outcome = await run_turn(self.session, slot, self.template_watch)
+        outcome = await run_turn(self.session.turn_view(), slot, self.template_watch)
         if await is_outage(outcome.error, self.session.backend, self.session.deps.settings):
             outcome = await self._wait_out_outage(slot, outcome)
         await self._settle(slot, outcome)
@@ -225,7 +225,7 @@ class SessionLoop:
             if not await answers(session.backend, settings):
                 outcome = TurnOutcome(error=outcome.error)
                 continue
-            outcome = await run_turn(session, slot, self.template_watch)
+            outcome = await run_turn(session.turn_view(), slot, self.template_watch)
             if not await is_outage(outcome.error, session.backend, settings):
                 session.log.info("the LLM backend answers again")
                 return outcome

@@ -313,7 +313,9 @@ class SessionManager:
         session.members.clear()
         if session.options.memory_mode != "none":
             # Writing memory is an LLM call: it must not hold up the end (or a DELETE).
-            task = asyncio.create_task(write_memory(session), name=f"memory-{session.id}")
+            task = asyncio.create_task(
+                write_memory(session.turn_view(), self.deps.store), name=f"memory-{session.id}"
+            )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 

@@ -11,15 +11,17 @@
 Between those points, each summarization stores an interim memory (inherited memory
 + summary, no LLM call; see `engine.summarizer.interim_memory`), so a successor made
 before this session ends inherits what is known so far. Writing memory never
-raises: a failure is logged, and the interim memory is kept instead.
+raises: a failure is logged, and the interim memory is kept instead. The writer reads
+the session through a `TurnView` and writes only to the store.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from engine.session import Session
+from engine.store.base import Store
 from engine.summarizer import condense, interim_memory
+from engine.turn_view import TurnView
 
 MEMORY_INSTRUCTIONS: Final = (
     "You write the memory a group conversation leaves for the next conversation with "
@@ -34,42 +36,42 @@ _INHERITED: Final = "Memory from earlier conversations"
 _SUMMARY: Final = "Summary of the earlier part of this conversation"
 
 
-async def write_memory(session: Session) -> None:
-    """Write and store the memory of an ending `memory: new`/`inherit` session.
+async def write_memory(view: TurnView, store: Store) -> None:
+    """Write the memory of an ending `memory: new`/`inherit` session into `store`.
 
     One LLM call in the usual case (more only when the messages since the last
     summary do not fit in the context limit). With no new messages the inherited
     memory and summary are passed on as they are. Never raises.
     """
-    if session.options.memory_mode == "none":
+    if view.options.memory_mode == "none":
         return
     try:
-        text = await _compose(session)
+        text = await _compose(view)
     except Exception:
-        session.log.exception("writing the memory failed")
+        view.log.exception("writing the memory failed")
         text = None
     if text is None:
-        text = interim_memory(session)
+        text = interim_memory(view.memory, view.summary)
         if text is None:
             return
-        session.log.warning("memory call failed; keeping the memory known so far")
+        view.log.warning("memory call failed; keeping the memory known so far")
     try:
-        await session.deps.store.save_memory(session.id, text)
+        await store.save_memory(view.session_id, text)
     except Exception:
-        session.log.exception("could not store the memory")
+        view.log.exception("could not store the memory")
         return
-    session.log.info("memory written (%d tokens)", session.deps.counter.count(text))
+    view.log.info("memory written (%d tokens)", view.counter.count(text))
 
 
-async def _compose(session: Session) -> str | None:
+async def _compose(view: TurnView) -> str | None:
     """The new memory text, or None when the LLM could not write it."""
-    pending = [m for m in session.history.visible() if m.turn > session.summary_upto]
+    pending = view.since_summary()
     if not pending:
-        return interim_memory(session)
+        return interim_memory(view.memory, view.summary)
     result = await condense(
-        session,
+        view,
         instructions=MEMORY_INSTRUCTIONS,
-        previous=_known_before(session),
+        previous=_known_before(view),
         previous_label=_KNOWN_BEFORE,
         messages=pending,
         purpose="memory",
@@ -77,10 +79,10 @@ async def _compose(session: Session) -> str | None:
     return result.text if result is not None else None
 
 
-def _known_before(session: Session) -> str | None:
+def _known_before(view: TurnView) -> str | None:
     sections = [
         f"{label}:\n{text.strip()}"
-        for label, text in ((_INHERITED, session.memory), (_SUMMARY, session.summary))
+        for label, text in ((_INHERITED, view.memory), (_SUMMARY, view.summary))
         if text and text.strip()
     ]
     return "\n\n".join(sections) or None

@@ -57,6 +57,16 @@ def system_prompt(parts: PromptParts) -> str:
     return _BLANK_RUN.sub("\n\n", text)
 
 
+def speaker_prefix(speaker: str) -> str:
+    """The `Name: ` that opens another speaker's line in every prompt."""
+    return f"{speaker}: "
+
+
+def speaker_line(message: Message) -> str:
+    """`message` as a transcript line, `Name: text`: how prompts show other speakers."""
+    return speaker_prefix(message.speaker) + message.content
+
+
 def context_messages(
     context: Sequence[Message], *, bot_name: str, opening_line: str, continue_line: str
 ) -> list[ChatMessage]:
@@ -79,7 +89,7 @@ def context_messages(
         if message.kind == "bot" and message.speaker == bot_name:
             role, text = "assistant", message.content
         else:
-            role, text = "user", f"{message.speaker}: {message.content}"
+            role, text = "user", speaker_line(message)
         if runs and runs[-1][0] == role:
             runs[-1][1].append(text)
         else:

@@ -17,11 +17,12 @@ from typing import Any
 
 from engine.clock import Clock
 from engine.config import Settings
-from engine.errors import TalkersNotAllowed, TooManyTalkers
+from engine.errors import FellowshipError, TalkersNotAllowed, TooManyTalkers
 from engine.events import (
     BaseEvent,
     DebugCategory,
     DebugEvent,
+    ErrorEvent,
     HistoryEvent,
     MemberJoined,
     MemberLeft,
@@ -37,6 +38,7 @@ from engine.rectifier import Rectifier
 from engine.spec.models import BotSpec, SessionSpec
 from engine.store.base import EventRecord, SessionRecord, Store
 from engine.tokens import TokenCounter
+from engine.turn_view import TurnView
 
 MEMBER_ID_BYTES = 8
 
@@ -147,6 +149,37 @@ class Session:
                 bot_role=bot.role,
                 global_system_prompt=self.spec.system_prompt,
             )
+        )
+
+    def turn_view(self) -> TurnView:
+        """The narrow view a turn, a selector, the summarizer or the memory writer gets."""
+
+        def warn(error: FellowshipError) -> None:
+            # A lasting warning: in the log, in status (and the console), and as an event.
+            self.log.warning("%s: %s", error.code, error.message)
+            self.record.warnings.append(f"{error.code}: {error.message}")
+            self.emit(ErrorEvent(message=error.message, code=error.code))
+
+        return TurnView(
+            session_id=self.id,
+            spec=self.spec,
+            settings=self.deps.settings,
+            history=self.history,
+            summary=self.summary,
+            summary_upto=self.summary_upto,
+            memory=self.memory,
+            bot_turns=self.record.bot_turns,
+            context_tokens=self.context_tokens,
+            context_limit=self.context_limit,
+            counter=self.deps.counter,
+            llm=self.deps.llm,
+            backend=self.backend,
+            participant_names=self.participant_names,
+            log=self.log,
+            emit=self.emit,
+            debug=self.debug,
+            debug_enabled=self.debug_enabled,
+            warn=warn,
         )
 
     # --- tokens ----------

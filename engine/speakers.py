@@ -1,7 +1,7 @@
 """Who speaks next: one replaceable strategy per `turn_order`.
 
 `RoundRobin` cycles through the bots in spec order. The orchestrated strategy
-(engine/orchestrator.py) asks a hidden LLM call. Both return a `Decision`.
+(engine/orchestrator/) asks a hidden LLM call. Both return a `Decision`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from engine.session import Session
+from engine.turn_view import TurnView
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,14 +27,14 @@ class SpeakerSelector(Protocol):
     #: Whether choosing needs a call of its own (the loop shows `orchestrating` meanwhile).
     deliberates: bool
 
-    async def select(self, session: Session) -> Decision:
+    async def select(self, view: TurnView) -> Decision:
         """Decide what happens next."""
 
 
-def round_robin_next(session: Session) -> str:
+def round_robin_next(view: TurnView) -> str:
     """The bot after the last one dispatched, in spec order (derived, so it survives restarts)."""
-    names = session.bot_names
-    return names[session.record.bot_turns % len(names)]
+    names = view.bot_names
+    return names[view.bot_turns % len(names)]
 
 
 class RoundRobin:
@@ -42,5 +42,5 @@ class RoundRobin:
 
     deliberates = False
 
-    async def select(self, session: Session) -> Decision:
-        return Decision("speak", bot=round_robin_next(session))
+    async def select(self, view: TurnView) -> Decision:
+        return Decision("speak", bot=round_robin_next(view))

@@ -11,20 +11,27 @@ every prompt it sends within the session's context limit: when the messages do n
 fit in one call they are folded in chunks, each call taking the previous result as
 its starting point, and a single message too long for any call is cut. Its result
 is capped at `SUMMARY_MAX_SHARE` of the limit. See docs/context-limits.md.
+
+`compact` and `condense` work on a `TurnView` and change nothing; `summarize`, the
+loop's step, stores the summary `compact` returns and applies it to the session.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Literal
 
+import tiktoken
 from pydantic import BaseModel, Field
 
 from engine.history import Message
 from engine.llm.errors import LLMError
 from engine.llm.types import ChatMessage, ChatRequest
+from engine.prompts import speaker_line
 from engine.session import Session
 from engine.store.base import StorageFailure
+from engine.tokens import TokenCounter
+from engine.turn_view import TurnView
 
 # The condensing calls try once more after a failure (an LLM error or an empty reply).
 CONDENSE_ATTEMPTS: Final = 2
@@ -48,6 +55,10 @@ SUMMARY_INSTRUCTIONS: Final = (
 _PREVIOUS_SUMMARY: Final = "The summary so far"
 
 
+#: What a condensing call writes: a running summary, or the memory of an ending session.
+CondensePurpose = Literal["summary", "memory"]
+
+
 class Condensed(BaseModel):
     """What `condense` produced."""
 
@@ -56,30 +67,30 @@ class Condensed(BaseModel):
     cut: bool = Field(False, description="Whether some input or the output had to be cut.")
 
 
-def text_cap(session: Session) -> int:
+class Compaction(BaseModel):
+    """A new summary that `compact` wrote, for the caller to store and apply."""
+
+    text: str = Field(description="The summary, covering everything up to `upto`.")
+    upto: int = Field(ge=1, description="The last history position the summary covers.")
+    compacted: int = Field(description="Messages folded into the summary by this compaction.")
+    kept: int = Field(description="Recent messages left out of it (the tail).")
+    calls: int = Field(description="LLM calls made, retries included.")
+    cut: bool = Field(description="Whether some input or the output had to be cut.")
+
+
+def text_cap(view: TurnView) -> int:
     """Most tokens a summary or a memory may take: `SUMMARY_MAX_SHARE` of the limit."""
-    return max(1, int(session.context_limit * session.deps.settings.summary_max_share))
-
-
-def utility_model(session: Session) -> str:
-    """Model for summaries and memory: the session's `llm.model`, else DEFAULT_BOT_MODEL."""
-    llm = session.spec.llm
-    return (llm.model if llm else None) or session.deps.settings.default_bot_model
-
-
-def transcript_line(message: Message) -> str:
-    """A message as the condensing prompts show it: `Name: text`."""
-    return f"{message.speaker}: {message.content}"
+    return max(1, int(view.context_limit * view.settings.summary_max_share))
 
 
 async def condense(
-    session: Session,
+    view: TurnView,
     *,
     instructions: str,
     previous: str | None,
     previous_label: str,
     messages: Sequence[Message],
-    purpose: str,
+    purpose: CondensePurpose,
 ) -> Condensed | None:
     """Fold `messages` into `previous` with as few LLM calls as the limit allows.
 
@@ -88,40 +99,39 @@ async def condense(
     tokens never exceed the session's context limit. The messages are split into
     chunks that fit (usually one), each call's result becoming the next one's
     `previous`. A failed call is tried once more; if it fails again, None is returned.
-    `purpose` names the work in log lines ("summary", "memory").
+    `purpose` picks the model and names the work in log lines.
     """
-    counter = session.deps.counter
-    cap = text_cap(session)
+    counter = view.counter
+    limit = view.context_limit
+    cap = text_cap(view)
     cut = False
     # Room for the lines: the limit, less the prompt around them carrying the largest
     # `previous` any call has: the input's, or an earlier chunk's result (<= cap).
     frame = counter.count_chat(_prompt(instructions, previous_label, _PLACEHOLDER, ""))
     previous_tokens = counter.count(previous) if previous else 0
-    budget = session.context_limit - frame - max(previous_tokens, cap)
+    budget = limit - frame - max(previous_tokens, cap)
     if budget < _MIN_LINE_BUDGET * cap and previous is not None and previous_tokens > cap:
         # A long starting text would leave little room for the messages: cut it to the cap.
-        previous, cut = clip(session, previous, cap), True
-        budget = session.context_limit - frame - cap
+        previous, cut = clip(counter.encoding, previous, cap), True
+        budget = limit - frame - cap
     if budget <= _LINE_MARGIN:
-        session.log.warning(
-            "context limit %d is too small to write a %s", session.context_limit, purpose
-        )
+        view.log.warning("context limit %d is too small to write a %s", limit, purpose)
         return None
-    chunks, clipped = _chunks(session, messages, budget)
+    chunks, clipped = _chunks(counter, messages, budget)
     cut = cut or clipped
     calls = 0
     for chunk in chunks:
         request = ChatRequest(
-            model=utility_model(session),
+            model=view.model_for(purpose),
             messages=_prompt(instructions, previous_label, previous or "", "\n".join(chunk)),
             max_tokens=cap,
         )
-        text, made = await _call(session, request, purpose)
+        text, made = await _call(view, request, purpose)
         calls += made
         if text is None:
             return None
         if counter.count(text) > cap:
-            text, cut = clip(session, text, cap), True
+            text, cut = clip(counter.encoding, text, cap), True
         previous = text
     if previous is None:
         return None
@@ -140,19 +150,18 @@ def _prompt(instructions: str, label: str, previous: str, lines: str) -> list[Ch
 
 
 def _chunks(
-    session: Session, messages: Sequence[Message], budget: int
+    counter: TokenCounter, messages: Sequence[Message], budget: int
 ) -> tuple[list[list[str]], bool]:
     """Transcript lines grouped so that each group's tokens fit in `budget`."""
-    counter = session.deps.counter
     chunks: list[list[str]] = []
     current: list[str] = []
     used = 0
     clipped = False
     for message in messages:
-        line = transcript_line(message)
+        line = speaker_line(message)
         cost = counter.count(line) + _LINE_MARGIN
         if cost > budget:
-            line, clipped = clip(session, line, budget - _LINE_MARGIN), True
+            line, clipped = clip(counter.encoding, line, budget - _LINE_MARGIN), True
             cost = budget
         if current and used + cost > budget:
             chunks.append(current)
@@ -164,28 +173,27 @@ def _chunks(
     return chunks, clipped
 
 
-async def _call(session: Session, request: ChatRequest, purpose: str) -> tuple[str | None, int]:
+async def _call(
+    view: TurnView, request: ChatRequest, purpose: CondensePurpose
+) -> tuple[str | None, int]:
     """The reply text of `request`, tried up to CONDENSE_ATTEMPTS times; (None, calls) if none."""
     for attempt in range(1, CONDENSE_ATTEMPTS + 1):
         try:
-            completion = await session.deps.llm.chat(
-                request, backend=session.backend, queue_key=session.id
+            completion = await view.llm.chat(
+                request, backend=view.backend, queue_key=view.session_id
             )
         except LLMError as exc:
-            session.log.warning(
-                "%s call %d failed: %s (%s)", purpose, attempt, exc.code, exc.message
-            )
+            view.log.warning("%s call %d failed: %s (%s)", purpose, attempt, exc.code, exc.message)
             continue
         text = completion.content.strip()
         if text:
             return text, attempt
-        session.log.warning("%s call %d returned no text", purpose, attempt)
+        view.log.warning("%s call %d returned no text", purpose, attempt)
     return None, CONDENSE_ATTEMPTS
 
 
-def clip(session: Session, text: str, tokens: int) -> str:
-    """`text` cut to at most `tokens` tokens, marked with an ellipsis when cut."""
-    encoding = session.deps.counter.encoding
+def clip(encoding: tiktoken.Encoding, text: str, tokens: int) -> str:
+    """`text` cut to at most `tokens` tokens of `encoding`, marked with an ellipsis when cut."""
     ids = encoding.encode_ordinary(text)
     if len(ids) <= tokens:
         return text
@@ -197,64 +205,79 @@ def clip(session: Session, text: str, tokens: int) -> str:
 # --- summarization ---------------------------------------------------------------------------
 
 
-async def summarize(session: Session) -> bool:
-    """Compact the history before the recent tail into `session.summary`.
+async def compact(view: TurnView) -> Compaction | None:
+    """A new summary of the history before the recent tail, or None.
 
     The tail is the last `summary_tail` (or SUMMARY_TAIL_MESSAGES) complete messages;
     it is shortened when, even with a summary of the largest allowed size, it would
-    leave the context at or over the threshold. Returns False, changing nothing, when
-    nothing can be compacted or the LLM failed twice; the loop then ends the session
-    with `max_context`. On success the summary is stored and the session's counts are
-    updated, so `context_tokens` covers system + memory + summary + tail.
+    leave the context at or over the threshold. None when nothing can be compacted or
+    the LLM failed twice. Changes nothing: the caller stores and applies the result.
     """
-    settings, options = session.deps.settings, session.options
-    pending = [m for m in session.history.visible() if m.turn > session.summary_upto]
+    settings, options = view.settings, view.options
+    pending = view.since_summary()
     tail_size = (
         options.summary_tail
         if options.summary_tail is not None
         else (settings.summary_tail_messages)
     )
-    threshold = (options.summarize_threshold or settings.summarize_threshold) * (
-        session.context_limit
-    )
-    counter = session.deps.counter
-    summary_tokens = counter.count(session.summary) if session.summary else 0
-    base = session.context_tokens - sum(m.tokens for m in pending) - summary_tokens
+    threshold = (options.summarize_threshold or settings.summarize_threshold) * (view.context_limit)
+    summary_tokens = view.counter.count(view.summary) if view.summary else 0
+    base = view.context_tokens - sum(m.tokens for m in pending) - summary_tokens
     keep = min(tail_size, len(pending))
-    while keep > 0 and base + text_cap(session) + _tokens(pending[-keep:]) >= threshold:
+    while keep > 0 and base + text_cap(view) + _tokens(pending[-keep:]) >= threshold:
         keep -= 1
-    compact = pending[: len(pending) - keep]
-    before = session.context_tokens
-    if not compact:
-        session.log.warning(
+    to_compact = pending[: len(pending) - keep]
+    if not to_compact:
+        view.log.warning(
             "context at %d of %d tokens but nothing left to summarize",
-            before,
-            session.context_limit,
+            view.context_tokens,
+            view.context_limit,
         )
-        return False
+        return None
     result = await condense(
-        session,
+        view,
         instructions=SUMMARY_INSTRUCTIONS,
-        previous=session.summary,
+        previous=view.summary,
         previous_label=_PREVIOUS_SUMMARY,
-        messages=compact,
+        messages=to_compact,
         purpose="summary",
     )
     if result is None:
-        session.log.warning("summarization failed; the context cannot be compacted")
+        view.log.warning("summarization failed; the context cannot be compacted")
+        return None
+    return Compaction(
+        text=result.text,
+        upto=to_compact[-1].turn,
+        compacted=len(to_compact),
+        kept=keep,
+        calls=result.calls,
+        cut=result.cut,
+    )
+
+
+async def summarize(session: Session) -> bool:
+    """The loop's summarizing step: `compact`, then store the summary and apply it.
+
+    Returns False, changing nothing, when `compact` found nothing to compact or the LLM
+    failed; the loop then ends the session with `max_context`. On success the session's
+    counts are updated, so `context_tokens` covers system + memory + summary + tail, and
+    a `memory: new`/`inherit` session stores its interim memory.
+    """
+    view = session.turn_view()
+    result = await compact(view)
+    if result is None:
         return False
-    upto = compact[-1].turn
     try:
-        await session.deps.store.save_summary(session.id, upto, result.text)
+        await session.deps.store.save_summary(session.id, result.upto, result.text)
     except Exception as exc:
         raise StorageFailure(f"could not store the summary: {exc}") from exc
-    restore_summary(session, upto, result.text)
-    after = session.context_tokens
+    restore_summary(session, result.upto, result.text)
+    before, after = view.context_tokens, session.context_tokens
     session.debug(
         "summarization",
-        upto=upto,
-        compacted=len(compact),
-        kept=keep,
+        upto=result.upto,
+        compacted=result.compacted,
+        kept=result.kept,
         calls=result.calls,
         cut=result.cut,
         tokens_before=before,
@@ -263,10 +286,10 @@ async def summarize(session: Session) -> bool:
     )
     session.log.info(
         "context summarized up to turn %d: %d -> %d tokens (%d messages kept)",
-        upto,
+        result.upto,
         before,
         after,
-        keep,
+        result.kept,
     )
     await _keep_memory_current(session)
     return True
@@ -276,25 +299,25 @@ def restore_summary(session: Session, upto: int, text: str) -> None:
     """Set the session's summary covering positions up to `upto` (also used on restart)."""
     session.summary = text
     session.summary_upto = upto
-    session.summarized_tokens = sum(m.tokens for m in session.history.visible() if m.turn <= upto)
+    session.summarized_tokens = sum(m.tokens for m in session.history.visible(upto))
     session.refresh_extra_tokens()
 
 
-def interim_memory(session: Session) -> str | None:
+def interim_memory(memory: str | None, summary: str | None) -> str | None:
     """What a `memory: new`/`inherit` session can pass on without an LLM call.
 
-    The inherited memory followed by the current summary. Stored after each
+    The inherited `memory` followed by the current `summary`. Stored after each
     summarization, so that a successor created before this session ends still
     inherits what is known so far, and used when the final memory call fails.
     """
-    parts = [text.strip() for text in (session.memory, session.summary) if text and text.strip()]
+    parts = [text.strip() for text in (memory, summary) if text and text.strip()]
     return "\n\n".join(parts) or None
 
 
 async def _keep_memory_current(session: Session) -> None:
     if session.options.memory_mode == "none":
         return
-    text = interim_memory(session)
+    text = interim_memory(session.memory, session.summary)
     if text is None:
         return
     try:

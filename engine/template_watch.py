@@ -9,9 +9,10 @@ conversation fills with noise or tombstones and nobody is told why.
 
 `TemplateWatch` follows one session's bot calls. When `TEMPLATE_CHECK_CALLS` calls in a
 row report a prompt below `TEMPLATE_CHECK_RATIO` of the local estimate, or
-`TEMPLATE_CHECK_EMPTY_REPLIES` replies in a row are empty after cleaning, it emits one
-`error` event with code `backend_template_mismatch` saying what was seen and what to
-try, logs it, and adds it to the session's warnings (shown by status and the console).
+`TEMPLATE_CHECK_EMPTY_REPLIES` replies in a row are empty after cleaning, it returns one
+`BackendTemplateMismatch` saying what was seen and what to try; the turn hands it to
+the session's `warn`, which logs it, adds it to the session's warnings (shown by status
+and the console) and emits it as an `error` event with code `backend_template_mismatch`.
 It reports once per session; the prompt check stops once as many calls in a row looked
 right, since a template does not change during a session.
 """
@@ -20,10 +21,10 @@ from __future__ import annotations
 
 from typing import Final
 
+from engine.config import Settings
 from engine.errors import BackendTemplateMismatch
-from engine.events import ErrorEvent
 from engine.llm.types import ChatRequest, Usage
-from engine.session import Session
+from engine.tokens import TokenCounter
 
 TEMPLATE_MISMATCH: Final = BackendTemplateMismatch.code
 
@@ -43,52 +44,60 @@ _EMPTY_ADVICE: Final = (
 class TemplateWatch:
     """Watches one session's bot calls for signs of a broken chat template."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, settings: Settings, counter: TokenCounter) -> None:
+        self._settings = settings
+        self._counter = counter
         self.reported = False
         self._short_prompts = 0
         self._healthy_prompts = 0
         self._empty_replies = 0
 
-    def observe_call(self, request: ChatRequest, usage: Usage | None) -> None:
-        """Compare the backend's prompt count of one bot call with the local estimate."""
-        settings = self._session.deps.settings
+    def observe_call(
+        self, request: ChatRequest, usage: Usage | None
+    ) -> BackendTemplateMismatch | None:
+        """Compare the backend's prompt count of one bot call with the local estimate.
+
+        Returns the mismatch the first time it is clear, else None.
+        """
+        settings = self._settings
         if self.reported or usage is None or usage.prompt_tokens <= 0:
-            return
+            return None
         if self._healthy_prompts >= settings.template_check_calls:
-            return
-        estimate = self._session.deps.counter.count_chat(request.messages)
+            return None
+        estimate = self._counter.count_chat(request.messages)
         if usage.prompt_tokens >= settings.template_check_ratio * estimate:
             self._short_prompts = 0
             self._healthy_prompts += 1
-            return
+            return None
         if estimate < settings.template_check_min_prompt_tokens:
-            return  # too small a prompt to call its count too short
+            return None  # too small a prompt to call its count too short
         self._healthy_prompts = 0
         self._short_prompts += 1
         if self._short_prompts >= settings.template_check_calls:
-            self._report(
+            return self._report(
                 f"The backend counted {usage.prompt_tokens} prompt tokens where Fellowship "
                 f"estimates {estimate}, on {self._short_prompts} calls in a row: " + _PROMPT_ADVICE
             )
+        return None
 
-    def observe_reply(self, *, empty: bool) -> None:
-        """Count replies that were empty after cleaning, in a row."""
+    def observe_reply(self, *, empty: bool) -> BackendTemplateMismatch | None:
+        """Count replies that were empty after cleaning, in a row.
+
+        Returns the mismatch the first time it is clear, else None.
+        """
         if self.reported:
-            return
+            return None
         if not empty:
             self._empty_replies = 0
-            return
+            return None
         self._empty_replies += 1
-        if self._empty_replies >= self._session.deps.settings.template_check_empty_replies:
-            self._report(
+        if self._empty_replies >= self._settings.template_check_empty_replies:
+            return self._report(
                 f"{self._empty_replies} replies in a row were empty after cleaning: "
                 + _EMPTY_ADVICE
             )
+        return None
 
-    def _report(self, message: str) -> None:
-        session = self._session
+    def _report(self, message: str) -> BackendTemplateMismatch:
         self.reported = True
-        session.log.warning("%s: %s", TEMPLATE_MISMATCH, message)
-        session.record.warnings.append(f"{TEMPLATE_MISMATCH}: {message}")
-        session.emit(ErrorEvent(message=message, code=TEMPLATE_MISMATCH))
+        return BackendTemplateMismatch(message)

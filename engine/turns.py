@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.config import Settings
 from engine.context import select_context
-from engine.errors import EmptyReply, FellowshipError
+from engine.errors import BackendTemplateMismatch, EmptyReply, FellowshipError
 from engine.events import TokenEvent, TokenReset
 from engine.history import Message, add_usage
 from engine.hygiene import (
@@ -24,11 +25,11 @@ from engine.hygiene import (
 from engine.llm.client import RetryNotice
 from engine.llm.errors import LLMError
 from engine.llm.types import ChatMessage, ChatRequest, Completion, Usage
-from engine.prompts import PromptParts, build_prompt, stop_sequences
+from engine.prompts import PromptParts, build_prompt, stop_sequences, system_prompt
 from engine.rectifier import Slot
-from engine.session import Session
-from engine.spec.models import bot_sampling
+from engine.spec.models import BotSpec, bot_sampling
 from engine.template_watch import TemplateWatch
+from engine.turn_view import TurnView
 
 # The finish reason of a reply the backend stopped at max_tokens.
 _CUT_SHORT = "length"
@@ -52,28 +53,19 @@ class TurnOutcome:
         return self.error is None
 
 
-def bot_prompt(session: Session, bot_name: str, context_upto: int | None) -> ChatRequest:
+def bot_prompt(view: TurnView, bot_name: str, context_upto: int | None) -> ChatRequest:
     """The chat request for `bot_name`, seeing the history up to `context_upto`."""
-    bot = session.bot(bot_name)
-    visible = session.history.visible(context_upto, after=session.summary_upto)
-    context = select_context(visible, bot_name=bot.name, mode=session.options.context)
-    settings = session.deps.settings
-    parts = PromptParts(
-        bot_name=bot.name,
-        bot_system_prompt=bot.system_prompt,
-        bot_role=bot.role,
-        global_system_prompt=session.spec.system_prompt,
-        memory=session.memory,
-        summary=session.summary,
-    )
+    bot = view.bot(bot_name)
+    visible = view.since_summary(context_upto)
+    context = select_context(visible, bot_name=bot.name, mode=view.options.context)
+    settings = view.settings
+    parts = _parts(view, bot, memory=view.memory, summary=view.summary)
     messages = build_prompt(
         parts, context, opening_line=settings.opening_line, continue_line=settings.continue_line
     )
-    llm = session.spec.llm
-    model = bot.model or (llm.model if llm else None) or settings.default_bot_model
-    sampling = bot_sampling(bot, session.spec.sampling)
+    sampling = bot_sampling(bot, view.spec.sampling)
     return ChatRequest(
-        model=model,
+        model=view.model_for("bot", bot.name),
         messages=messages,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
@@ -84,15 +76,28 @@ def bot_prompt(session: Session, bot_name: str, context_upto: int | None) -> Cha
         max_tokens=bot.max_tokens,
         stop=stop_sequences(
             bot.name,
-            session.participant_names(),
+            view.participant_names(),
             context=context,
             limit=settings.max_stop_sequences,
         ),
-        stream=session.options.stream_tokens,
+        stream=view.options.stream_tokens,
     )
 
 
-async def run_turn(session: Session, slot: Slot, watch: TemplateWatch | None = None) -> TurnOutcome:
+def _parts(
+    view: TurnView, bot: BotSpec, *, memory: str | None = None, summary: str | None = None
+) -> PromptParts:
+    return PromptParts(
+        bot_name=bot.name,
+        bot_system_prompt=bot.system_prompt,
+        bot_role=bot.role,
+        global_system_prompt=view.spec.system_prompt,
+        memory=memory,
+        summary=summary,
+    )
+
+
+async def run_turn(view: TurnView, slot: Slot, watch: TemplateWatch | None = None) -> TurnOutcome:
     """Generate `slot.bot`'s reply; failures come back as an outcome, not an exception.
 
     A reply that is empty once cleaned (typically a small model writing another
@@ -104,37 +109,36 @@ async def run_turn(session: Session, slot: Slot, watch: TemplateWatch | None = N
     even if it repeats again. `watch`, when given, sees every call and reply (see
     `engine.template_watch`).
     """
-    settings = session.deps.settings
-    request = bot_prompt(session, slot.bot, slot.context_upto)
-    outcome = await _generate(session, slot, request, watch)
+    settings = view.settings
+    request = bot_prompt(view, slot.bot, slot.context_upto)
+    outcome = await _generate(view, slot, request, watch)
     empty_left, repeat_left = settings.empty_reply_retries, settings.duplicate_reply_retries
     while True:
         if isinstance(outcome.error, EmptyReply) and empty_left > 0:
             empty_left -= 1
-            session.log.info("%s's reply was empty after cleaning; asking again", slot.bot)
+            view.log.info("%s's reply was empty after cleaning; asking again", slot.bot)
             nudge = settings.empty_reply_nudge
         elif outcome.repeats is not None and repeat_left > 0:
             repeat_left -= 1
-            session.log.info("%s's reply repeats turn %d; asking again", slot.bot, outcome.repeats)
+            view.log.info("%s's reply repeats turn %d; asking again", slot.bot, outcome.repeats)
             nudge = settings.duplicate_reply_nudge
-            request = discouraged(request, session)
+            request = discouraged(request, settings)
         else:
             return outcome
         if outcome.shown:
-            session.emit(TokenReset(bot=slot.bot, turn=slot.turn))
+            view.emit(TokenReset(bot=slot.bot, turn=slot.turn))
         request = nudged(request, nudge.replace("{name}", slot.bot))
         spent = outcome.usage
-        outcome = await _generate(session, slot, request, watch)
+        outcome = await _generate(view, slot, request, watch)
         outcome.usage = add_usage(spent, outcome.usage)  # the turn is charged every call
 
 
-def discouraged(request: ChatRequest, session: Session) -> ChatRequest:
+def discouraged(request: ChatRequest, settings: Settings) -> ChatRequest:
     """`request` made less likely to say the same again: repetition penalties and the
     temperature raised to the duplicate-retry settings, and the next seed if seeded.
 
     A value the bot already sets higher is kept.
     """
-    settings = session.deps.settings
     frequency = settings.duplicate_retry_frequency_penalty
     presence = settings.duplicate_retry_presence_penalty
     temperature = settings.duplicate_retry_temperature
@@ -165,10 +169,10 @@ def nudged(request: ChatRequest, nudge: str) -> ChatRequest:
 
 
 async def _generate(
-    session: Session, slot: Slot, request: ChatRequest, watch: TemplateWatch | None
+    view: TurnView, slot: Slot, request: ChatRequest, watch: TemplateWatch | None
 ) -> TurnOutcome:
     """One generation of `slot.bot`'s reply for `request`, streamed as `token` events."""
-    others = [n for n in session.participant_names() if n != slot.bot]
+    others = [n for n in view.participant_names() if n != slot.bot]
     cleaner = StreamCleaner(slot.bot, others)
     shown = False
     streamed: list[str] = []
@@ -178,7 +182,7 @@ async def _generate(
         if text:
             shown = True
             streamed.append(text)
-            session.emit(TokenEvent(bot=slot.bot, turn=slot.turn, token=text))
+            view.emit(TokenEvent(bot=slot.bot, turn=slot.turn, token=text))
 
     async def on_token(delta: str) -> None:
         show(cleaner.feed(delta))
@@ -190,36 +194,36 @@ async def _generate(
             cleaner = StreamCleaner(slot.bot, others)
             shown = False
             streamed.clear()
-            session.emit(TokenReset(bot=slot.bot, turn=slot.turn))
+            view.emit(TokenReset(bot=slot.bot, turn=slot.turn))
 
     try:
-        completion = await session.deps.llm.chat(
+        completion = await view.llm.chat(
             request,
-            backend=session.backend,
+            backend=view.backend,
             on_token=on_token if request.stream else None,
             on_retry=on_retry,
-            queue_key=session.id,
+            queue_key=view.session_id,
         )
     except LLMError as exc:
-        session.log.warning("turn of %s failed: %s (%s)", slot.bot, exc.code, exc.message)
+        view.log.warning("turn of %s failed: %s (%s)", slot.bot, exc.code, exc.message)
         return TurnOutcome(error=exc, shown=shown)
     if request.stream:
         show(cleaner.finish())
-    _debug_call(session, slot.bot, request, completion)
+    _debug_call(view, slot.bot, request, completion)
     if watch is not None:
-        watch.observe_call(request, completion.usage)
+        _warn(view, watch.observe_call(request, completion.usage))
     cleaned = clean_reply(
         completion.content,
         own_name=slot.bot,
         other_names=others,
         reasoning=completion.reasoning,
-        recitals=_recitals(session),
-        cut_short=completion.finish_reason == _CUT_SHORT and session.options.end_at_sentence,
+        recitals=_recitals(view),
+        cut_short=completion.finish_reason == _CUT_SHORT and view.options.end_at_sentence,
     )
     if watch is not None:
-        watch.observe_reply(empty=not cleaned.content)
-    repeated = _repeated(session, slot, cleaned.content)
-    _debug_hygiene(session, slot, cleaned, completion, repeated)
+        _warn(view, watch.observe_reply(empty=not cleaned.content))
+    repeated = _repeated(view, slot, cleaned.content)
+    _debug_hygiene(view, slot, cleaned, completion, repeated)
     if not cleaned.content:
         return TurnOutcome(
             usage=completion.usage,
@@ -228,23 +232,29 @@ async def _generate(
         )
     if shown and cleaned.content != "".join(streamed):
         # A whole-reply rule changed what was streamed: members replace it.
-        session.emit(TokenReset(bot=slot.bot, turn=slot.turn))
-        session.emit(TokenEvent(bot=slot.bot, turn=slot.turn, token=cleaned.content))
+        view.emit(TokenReset(bot=slot.bot, turn=slot.turn))
+        view.emit(TokenEvent(bot=slot.bot, turn=slot.turn, token=cleaned.content))
     return TurnOutcome(
         content=cleaned.content,
-        tokens=session.deps.counter.count(cleaned.content),
+        tokens=view.counter.count(cleaned.content),
         usage=completion.usage,
         shown=shown,
         repeats=repeated.turn if repeated is not None else None,
     )
 
 
-def _recitals(session: Session) -> Recitals:
+def _warn(view: TurnView, mismatch: BackendTemplateMismatch | None) -> None:
+    if mismatch is not None:
+        view.warn(mismatch)
+
+
+def _recitals(view: TurnView) -> Recitals:
     """What no reply may open by reciting: every bot's system message and the nudges."""
-    settings = session.deps.settings
-    texts = [session.system_text(bot) for bot in session.spec.bots]
+    settings = view.settings
+    # The system messages without memory and summary, as `Session.system_text` has them.
+    texts = [system_prompt(_parts(view, bot)) for bot in view.spec.bots]
     for nudge in (settings.empty_reply_nudge, settings.duplicate_reply_nudge):
-        texts.extend(nudge.replace("{name}", name) for name in session.bot_names)
+        texts.extend(nudge.replace("{name}", name) for name in view.bot_names)
     return recitals_of(
         tuple(texts),
         similarity=settings.recital_similarity,
@@ -252,18 +262,19 @@ def _recitals(session: Session) -> Recitals:
     )
 
 
-def _repeated(session: Session, slot: Slot, content: str) -> Message | None:
+def _repeated(view: TurnView, slot: Slot, content: str) -> Message | None:
     """The recent message (of the last `DUPLICATE_WINDOW`) that `content` repeats, if any."""
-    settings = session.deps.settings
+    settings = view.settings
     if not content or settings.duplicate_window <= 0:
         return None
-    upto = slot.context_upto if slot.context_upto is not None else len(session.history)
-    recent = session.history.visible(upto, after=max(0, upto - settings.duplicate_window))
+    # Summarized messages count too: the window is about what was just said.
+    upto = slot.context_upto if slot.context_upto is not None else len(view.history)
+    recent = view.history.visible(upto, after=max(0, upto - settings.duplicate_window))
     return find_repeat(content, recent, settings.duplicate_similarity)
 
 
 def _debug_hygiene(
-    session: Session,
+    view: TurnView,
     slot: Slot,
     cleaned: CleanReply,
     completion: Completion,
@@ -271,9 +282,9 @@ def _debug_hygiene(
 ) -> None:
     """A `hygiene` debug event when a rule changed the reply or it repeats a message."""
     rules = cleaned.rules
-    if not session.debug_enabled or (not rules and repeated is None):
+    if not view.debug_enabled or (not rules and repeated is None):
         return
-    session.debug(
+    view.debug(
         "hygiene",
         bot=slot.bot,
         turn=slot.turn,
@@ -287,17 +298,17 @@ def _debug_hygiene(
     )
 
 
-def _debug_call(session: Session, bot: str, request: ChatRequest, completion: Completion) -> None:
-    if not session.debug_enabled:
+def _debug_call(view: TurnView, bot: str, request: ChatRequest, completion: Completion) -> None:
+    if not view.debug_enabled:
         return  # counting the whole prompt is not free: only for debug
     usage = completion.usage
-    session.debug(
+    view.debug(
         "llm_call",
         bot=bot,
         model=request.model,
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
-        estimated_prompt_tokens=session.deps.counter.count_chat(request.messages),
+        estimated_prompt_tokens=view.counter.count_chat(request.messages),
         latency_ms=round(completion.latency_ms, 2),
         attempts=completion.attempts,
         finish_reason=completion.finish_reason,

@@ -103,7 +103,7 @@ async def test_sessions_without_memory_make_no_memory_call(
     manager: SessionManager, mock: MockLLM
 ) -> None:
     session = await bare_session(manager, spec(["Alice", "Bob"]), [("Alice", "Espresso.")])
-    await write_memory(session)
+    await write_memory(session.turn_view(), manager.deps.store)
     assert mock.requests == []
     assert await manager.deps.store.load_memory(session.id) is None
 
@@ -118,7 +118,7 @@ async def test_a_failing_memory_call_keeps_the_inherited_memory_and_raises_nothi
         [("Alice", "Espresso."), ("Bob", "Tea.")],
         memory="They argued about coffee last week.",
     )
-    await write_memory(session)
+    await write_memory(session.turn_view(), manager.deps.store)
     assert len([r for r in mock.requests if is_memory_call(r)]) == 2  # one retry
     assert await manager.deps.store.load_memory(session.id) == (
         "They argued about coffee last week."
@@ -131,7 +131,7 @@ async def test_with_no_new_messages_the_inherited_memory_is_passed_on_without_a_
     session = await bare_session(
         manager, spec(memory="inherit:fsk_earlier"), memory="They argued about coffee."
     )
-    await write_memory(session)
+    await write_memory(session.turn_view(), manager.deps.store)
     assert mock.requests == []
     assert await manager.deps.store.load_memory(session.id) == "They argued about coffee."
 
@@ -147,7 +147,7 @@ async def test_the_memory_call_folds_in_the_summary_and_only_the_messages_after_
         [("Alice", "Espresso first."), ("Bob", "Tea first."), ("Alice", "Fine, both.")],
     )
     session.summary, session.summary_upto = "Alice and Bob disagreed on drinks.", 2
-    await write_memory(session)
+    await write_memory(session.turn_view(), manager.deps.store)
     [request] = mock.requests
     assert "Alice and Bob disagreed on drinks." in request.last_user_message
     assert "Alice: Fine, both." in request.last_user_message

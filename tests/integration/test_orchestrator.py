@@ -69,9 +69,9 @@ async def test_request_has_the_roster_in_full_the_conversation_and_only_select_s
 
 
 async def test_hold_is_offered_only_when_talkers_can_take_part(make: Any, mock: MockLLM) -> None:
-    await Orchestrator().select(await make(participation="autonomous"))
-    await Orchestrator().select(await make(participation="reactive"))
-    await Orchestrator().select(await make(participation="collaborative"))
+    await Orchestrator().select((await make(participation="autonomous")).turn_view())
+    await Orchestrator().select((await make(participation="reactive")).turn_view())
+    await Orchestrator().select((await make(participation="collaborative")).turn_view())
     assert [tool_names(r) for r in mock.requests] == [
         ["select_speaker"],
         ["select_speaker", "hold"],
@@ -81,8 +81,8 @@ async def test_hold_is_offered_only_when_talkers_can_take_part(make: Any, mock: 
 
 
 async def test_end_session_is_offered_only_with_a_goal(make: Any, mock: MockLLM) -> None:
-    await Orchestrator().select(await make())
-    await Orchestrator().select(await make(goal="Agree on one drink for the office."))
+    await Orchestrator().select((await make()).turn_view())
+    await Orchestrator().select((await make(goal="Agree on one drink for the office.")).turn_view())
     assert tool_names(mock.requests[0]) == ["select_speaker"]
     assert tool_names(mock.requests[1]) == ["select_speaker", "end_session"]
     assert "Agree on one drink for the office." in mock.requests[1].system_prompt
@@ -97,7 +97,7 @@ async def test_a_long_conversation_is_trimmed_to_the_context_limit_keeping_the_l
     session = await bare_session(
         manager, spec(turn_order="orchestrated", max_context_tokens=600), lines
     )
-    await Orchestrator().select(session)
+    await Orchestrator().select(session.turn_view())
     [request] = mock.requests
     assert manager.deps.counter.count_chat(request.messages) <= 600
     assert "(earlier messages left out)" in request.last_user_message
@@ -109,7 +109,7 @@ async def test_the_summary_replaces_the_messages_it_covers(make: Any, mock: Mock
     session = await make()
     session.summary = "Alice praised espresso at length."
     session.summary_upto = 1
-    await Orchestrator().select(session)
+    await Orchestrator().select(session.turn_view())
     prompt = mock.requests[0].last_user_message
     assert "Alice praised espresso at length." in prompt
     assert "Espresso is the only serious coffee." not in prompt

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from engine.orchestrator import END_SESSION, HOLD, SELECT_SPEAKER
+from engine.orchestrator.tools import END_SESSION, HOLD, SELECT_SPEAKER
 from tests.real.conftest import (
     CAST,
     TEST_TIMEOUT,

@@ -75,7 +75,7 @@ async def drain(session: Session, subscription: Subscription) -> list[BaseEvent]
 async def decide(session: Session) -> tuple[Decision, dict[str, Any]]:
     """Run one decision; return it with the data of its `orchestrator` debug event."""
     subscription = session.hub.subscribe(session.snapshot)
-    decision = await Orchestrator().select(session)
+    decision = await Orchestrator().select(session.turn_view())
     events = [e for e in await drain(session, subscription) if e.type == "debug"]
     data = [e.data for e in events if e.category == "orchestrator"]  # type: ignore[attr-defined]
     assert len(data) == 1

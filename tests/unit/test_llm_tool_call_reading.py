@@ -22,7 +22,8 @@ import pytest
 from engine.config import load_settings
 from engine.llm.client import LLMClient
 from engine.llm.types import ChatMessage, ChatRequest, ToolCall
-from engine.orchestrator import Menu, read_reply
+from engine.orchestrator.reading import read_reply
+from engine.orchestrator.tools import Menu
 
 BASE_URL = "http://127.0.0.1:9/v1"
 ARGUMENTS = '{"bot_name": "Alice"}'

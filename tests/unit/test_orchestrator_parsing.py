@@ -7,7 +7,8 @@ import json
 import pytest
 
 from engine.llm.types import ToolCall
-from engine.orchestrator import Menu, match_bot, read_reply, read_text
+from engine.orchestrator.reading import match_bot, read_reply, read_text
+from engine.orchestrator.tools import Menu
 
 ROSTER = ["Alice", "Bob", "Carol", "Dr. Who"]
 ALL = Menu(roster=ROSTER, hold=True, end=True)

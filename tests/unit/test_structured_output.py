@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.orchestrator import Menu, read_structured
+from engine.orchestrator.reading import read_structured
+from engine.orchestrator.tools import Menu
 from engine.structured import StructuredOutputProbe, ask_for
 
 ROSTER = ["Alice", "Bob", "Dr. Who"]
