@@ -20,16 +20,10 @@ from pydantic import BaseModel, Field
 
 from engine.config import Settings
 from engine.errors import NotFound, Unavailable
-from engine.spec.loader import (
-    InvalidSpec,
-    SpecIssue,
-    SpecRejected,
-    SpecResult,
-    SpecTooLarge,
-    load_spec,
-    read_spec_document,
-    validate_spec_data,
-)
+from engine.spec.checking import validate_spec_data
+from engine.spec.issues import InvalidSpec, SpecIssue, SpecRejected, SpecResult, SpecTooLarge
+from engine.spec.loader import load_spec
+from engine.spec.reading import read_spec_document
 
 SPEC_SUFFIX: Final = ".yaml"
 # What a library name looks like; anything else is answered like an unknown name.
