@@ -423,7 +423,7 @@ def _add_spec_limits(schemas: dict[str, Any], settings: Settings) -> None:
     """The spec limits this server's settings set, for the schema to refuse what it refuses.
 
     At most MAX_BOTS_PER_SESSION bots, and MAX_PROMPT_CHARS characters in any text field
-    (`engine.spec.loader` applies the cap to every string of a known field).
+    (`engine.spec.checking` applies the cap to every string of a known field).
     """
     spec = schemas.get("SessionSpec")
     if spec is None:

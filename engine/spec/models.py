@@ -3,7 +3,7 @@
 These models check everything that can be judged from a single field: types, ranges,
 allowed values, bot-name shape and the `memory` syntax. Rules that need the server's
 configuration or a view of the whole document (how many bots, unique names, text
-length caps, `orchestrated` needing three bots) live in `engine.spec.loader`, so the
+length caps, `orchestrated` needing three bots) live in `engine.spec.checking`, so the
 models stay importable without settings.
 
 Unknown keys are ignored here (`extra="ignore"`); the loader reports them as warnings.
