@@ -28,6 +28,7 @@ from engine.errors import BadRequest, FellowshipError, Forbidden, NotFound, TooM
 from engine.events import BaseEvent, ErrorEvent, MemberRole, SessionPaused
 from engine.history import History, Message
 from engine.hub import CLOSE_SHUTDOWN, Frame
+from engine.input_text import has_control_chars
 from engine.llm.client import Backend, LLMClient
 from engine.loop import SessionLoop
 from engine.memory import write_memory
@@ -37,7 +38,7 @@ from engine.spec.loader import InvalidSpec, SpecIssue
 from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SECRET_FIELDS, SessionSpec
 from engine.status import LimitReport, MemberCounts, SessionStatus, TokenReport
 from engine.store.base import SessionRecord, Store, StoredSession
-from engine.store.memory import MemoryStore
+from engine.store.in_memory import MemoryStore
 from engine.store.secrets import (
     SecretBox,
     SecretKeyMissing,
@@ -47,7 +48,6 @@ from engine.store.secrets import (
     seal_stored,
 )
 from engine.summarizer import restore_summary, summarize
-from engine.text import has_control_chars
 from engine.tokens import get_counter
 
 log = logging.getLogger("fellowship.manager")

@@ -34,8 +34,8 @@ from engine.diagrams import MACHINES, dot_source, dot_to_svg, graphviz_available
 from engine.errors import NotFound
 from engine.spec.library import list_specs, read_library_spec
 from server.api_models import SpecLibraryResponse
+from server.conversions import json_response
 from server.state import current_state
-from server.wire import json_response
 
 CONSOLE_DIR: Final = Path(__file__).parent / "static" / "console"
 DIAGRAMS_DIR: Final = Path(__file__).resolve().parents[1] / "docs" / "diagrams"

@@ -37,8 +37,8 @@ from werkzeug.routing import BaseConverter, Rule
 from engine import events
 from engine.config import Settings
 from server.api_models import ErrorBody, PingFrame, UserMessageFrame
+from server.conversions import RESERVED_TOKENS, TokenConverter
 from server.state import EXTENSION_KEY, ServerState
-from server.wire import RESERVED_TOKENS, TokenConverter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,7 +78,7 @@ ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
 GUARDED_PREFIX: Final = "/v1/"
 GUARD_STATUSES: Final = (429, 503)
 ALWAYS_STATUSES: Final = (500,)
-# The rule of `/v1/session/<token>` ends so (see `server.wire.TokenConverter`).
+# The rule of `/v1/session/<token>` ends so (see `server.conversions.TokenConverter`).
 SESSION_ITEM_RULE_END: Final = "/<token:token>"
 ERROR_HEADERS: Final[dict[int, dict[str, Any]]] = {
     405: {

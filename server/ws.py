@@ -31,10 +31,11 @@ from quart_schema import document_querystring, tag
 
 from engine.errors import BadRequest, FellowshipError
 from engine.events import Pong
+from engine.input_text import has_lone_surrogate
 from engine.manager import Handle, SessionManager
 from engine.session import Member
-from engine.text import has_lone_surrogate
 from server.api_models import ConnectQuery, PingFrame, UserMessageFrame, client_frame_adapter
+from server.conversions import parse_params
 from server.errors import (
     WS_INTERNAL,
     error_event,
@@ -43,7 +44,6 @@ from server.errors import (
     ws_reason,
 )
 from server.state import current_state
-from server.wire import parse_params
 
 blueprint = Blueprint("websocket", __name__)
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import httpx
 from pydantic import ValidationError
 
+from engine.llm.backend_replies import WireErrorBody
 from engine.llm.errors import (
     LLM_BAD_RESPONSE,
     LLM_CONNECTION,
@@ -28,7 +29,6 @@ from engine.llm.errors import (
     LLMError,
 )
 from engine.llm.types import ToolCall, Usage
-from engine.llm.wire import WireErrorBody
 
 
 @dataclass

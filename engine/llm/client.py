@@ -50,6 +50,7 @@ from engine.llm.attempts import (
     status_failure,
     transport_failure,
 )
+from engine.llm.backend_replies import WireMessage, WireResponse
 from engine.llm.errors import (
     LLM_BAD_RESPONSE,
     LLM_SECRET_UNREADABLE,
@@ -62,7 +63,6 @@ from engine.llm.payload import build_payload
 from engine.llm.stream import ThinkSplitter, ToolCallAssembler, split_think, sse_data
 from engine.llm.types import ChatRequest, Completion, Usage
 from engine.llm.url_guard import check_backend_url, display_url, normalise_url
-from engine.llm.wire import WireMessage, WireResponse
 from engine.logs import secret_filter
 
 logger = logging.getLogger(__name__)

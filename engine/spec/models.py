@@ -26,8 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from engine.input_text import has_control_chars
 from engine.structured import StructuredSetting
-from engine.text import has_control_chars
 
 # Both numbers are part of the spec contract (SPEC §2), not tunable server limits.
 BOT_NAME_MAX_CHARS: Final = 64

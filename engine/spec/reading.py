@@ -17,6 +17,7 @@ from typing import Any, Final, Literal
 import yaml
 
 from engine.config import Settings
+from engine.input_text import has_lone_surrogate
 from engine.spec.issues import (
     InvalidSpec,
     Loc,
@@ -26,7 +27,6 @@ from engine.spec.issues import (
     SpecTooLarge,
     document_issue,
 )
-from engine.text import has_lone_surrogate
 
 try:  # libyaml is much faster; the pure-Python loader has the same interface
     from yaml import CSafeLoader as _YamlLoader

@@ -1,6 +1,6 @@
 """Storage behind one interface: in memory for tests, SQLite for the server."""
 
 from engine.store.base import SessionRecord, Store
-from engine.store.memory import MemoryStore
+from engine.store.in_memory import MemoryStore
 
 __all__ = ["MemoryStore", "SessionRecord", "Store"]

@@ -25,7 +25,7 @@ from engine.events import HistoryEvent, StateChanged, TalkerMessage, parse_event
 from engine.history import Message
 from engine.hub import EventHub, Frame, Subscription
 from engine.store.base import EventRecord, SessionRecord, Store
-from engine.store.memory import MemoryStore
+from engine.store.in_memory import MemoryStore
 from engine.store.sqlite import SqliteStore
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

@@ -19,7 +19,7 @@ import pytest
 from engine.history import Message
 from engine.llm.types import Usage
 from engine.store.base import EventRecord, SessionRecord, StorageError, Store
-from engine.store.memory import MemoryStore
+from engine.store.in_memory import MemoryStore
 from engine.store.sqlite import SqliteStore
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
