@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from engine.errors import FellowshipError, InvalidState
 from engine.events import (
@@ -42,6 +43,10 @@ from engine.template_watch import TemplateWatch
 from engine.turns import TurnOutcome, run_turn
 
 Summarizer = Callable[[Session], Awaitable[bool]]
+
+# An internal error is retried after a short pause; this many in a row end the session.
+LOOP_ERROR_BACKOFF: Final = 0.5
+LOOP_MAX_CONSECUTIVE_ERRORS: Final = 5
 
 
 class SessionLoop:
@@ -87,7 +92,6 @@ class SessionLoop:
         self._task = asyncio.create_task(self._run(), name=f"loop-{self.session.id}")
 
     async def _run(self) -> None:
-        settings = self.session.deps.settings
         while self.machine.state != "ended":
             try:
                 await self._step()
@@ -101,10 +105,10 @@ class SessionLoop:
                 self._errors_in_a_row += 1
                 self.session.log.exception("loop error in state %s", self.machine.state)
                 self.session.emit(ErrorEvent(message=f"internal error: {exc}", code="internal"))
-                if self._errors_in_a_row >= settings.loop_max_consecutive_errors:
+                if self._errors_in_a_row >= LOOP_MAX_CONSECUTIVE_ERRORS:
                     await self._finish("error", "internal errors repeated")
                 else:
-                    await asyncio.sleep(settings.loop_error_backoff)
+                    await asyncio.sleep(LOOP_ERROR_BACKOFF)
 
     async def _step(self) -> None:
         state = self.machine.state

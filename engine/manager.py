@@ -53,6 +53,8 @@ from engine.tokens import get_counter
 log = logging.getLogger("fellowship.manager")
 
 SESSION_ID_BYTES = 9
+HOUSEKEEPING_INTERVAL = 1.0
+"""Seconds between checks of time limits and idle sessions: how late a limit may end one."""
 
 
 class CreatedSession(BaseModel):
@@ -90,8 +92,10 @@ class SessionManager:
         llm: LLMClient | None = None,
         clock: Clock | None = None,
         secret_box: SecretBox | None = None,
+        housekeeping_interval: float = HOUSEKEEPING_INTERVAL,
     ) -> None:
         self.settings = settings
+        self._housekeeping_interval = housekeeping_interval
         self.deps = EngineDeps(
             settings=settings,
             llm=llm or LLMClient(settings),
@@ -423,7 +427,7 @@ class SessionManager:
     # --- housekeeping ----------
     async def _housekeeping(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.housekeeping_interval)
+            await asyncio.sleep(self._housekeeping_interval)
             try:
                 await self.sweep()
             except Exception:

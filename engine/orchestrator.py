@@ -57,6 +57,8 @@ HOLD: Final = "hold"
 END_SESSION: Final = "end_session"
 BOT_NAME_ARG: Final = "bot_name"
 REASON_ARG: Final = "reason"
+# max_tokens of the structured-output call: a JSON decision needs a few dozen tokens.
+ORCHESTRATOR_STRUCTURED_MAX_TOKENS: Final = 96
 
 ACTION_KEY: Final = "action"
 
@@ -378,7 +380,6 @@ async def _ask_structured(
         probe.note(
             usable=reading is not None,
             refused=refused,
-            limit=session.deps.settings.structured_output_probe_failures,
             backend=session.backend.display_url,
         )
     return reading
@@ -435,7 +436,7 @@ def orchestrator_request(
         return ChatRequest(
             model=orchestrator_model(session),
             messages=prompt,
-            max_tokens=settings.orchestrator_structured_max_tokens,
+            max_tokens=ORCHESTRATOR_STRUCTURED_MAX_TOKENS,
             response_format=ask.response_format,
             extra=ask.extra,
         )

@@ -245,11 +245,7 @@ def _recitals(session: Session) -> Recitals:
     texts = [session.system_text(bot) for bot in session.spec.bots]
     for nudge in (settings.empty_reply_nudge, settings.duplicate_reply_nudge):
         texts.extend(nudge.replace("{name}", name) for name in session.bot_names)
-    return recitals_of(
-        tuple(texts),
-        similarity=settings.recital_similarity,
-        min_words=settings.recital_min_words,
-    )
+    return recitals_of(tuple(texts))
 
 
 def _repeated(session: Session, slot: Slot, content: str) -> Message | None:
@@ -259,7 +255,7 @@ def _repeated(session: Session, slot: Slot, content: str) -> Message | None:
         return None
     upto = slot.context_upto if slot.context_upto is not None else len(session.history)
     recent = session.history.visible(upto, after=max(0, upto - settings.duplicate_window))
-    return find_repeat(content, recent, settings.duplicate_similarity)
+    return find_repeat(content, recent)
 
 
 def _debug_hygiene(

@@ -47,6 +47,9 @@ from server.state import current_state
 
 blueprint = Blueprint("websocket", __name__)
 
+WS_CLOSE_TIMEOUT = 2.0
+"""Seconds to wait for a client's own close frame after ours (see `_close`)."""
+
 
 @blueprint.websocket("/v1/session/<token:token>/connect")
 @tag(["streams"])
@@ -109,7 +112,7 @@ async def _close(code: int, reason: str) -> None:
     """
     with contextlib.suppress(Exception):
         await websocket.close(code, reason)
-    await asyncio.sleep(current_state().settings.ws_close_timeout)
+    await asyncio.sleep(WS_CLOSE_TIMEOUT)
 
 
 class Connection:

@@ -180,7 +180,7 @@ Editors can check specs as you type with the JSON Schema in
 - **Safe YAML.** A safe loader builds plain values only. Anchors and aliases (`&`, `*`)
   are refused, which stops "billion laughs" alias bombs; so are a second document
   (`---`), duplicate keys, and nesting deeper than `MAX_SPEC_DEPTH` levels
-  (default {max_depth}). These, bad UTF-8 and syntax errors are answered with 400 and
+  ({max_depth}). These, bad UTF-8 and syntax errors are answered with 400 and
   the line and column.
 - **Text length.** Every text field (prompts, goal, role, names, URLs) holds at most
   `MAX_PROMPT_CHARS` characters (default {max_chars}).

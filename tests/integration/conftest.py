@@ -28,7 +28,7 @@ from engine.manager import SessionManager
 from server.app import create_app
 from server.hosting import serve
 from server.state import EXTENSION_KEY, ServerState
-from tests.support.engine import WAIT_SECONDS, make_settings
+from tests.support.engine import FAST_HOUSEKEEPING, WAIT_SECONDS, make_settings
 
 Event = dict[str, Any]
 
@@ -126,7 +126,8 @@ async def manager_factory(tmp_path: Path, mock: MockLLM) -> AsyncIterator[Manage
     managers: list[SessionManager] = []
 
     async def make(**overrides: Any) -> SessionManager:
-        manager = SessionManager(make_settings(tmp_path, mock.base_url, **overrides))
+        settings = make_settings(tmp_path, mock.base_url, **overrides)
+        manager = SessionManager(settings, housekeeping_interval=FAST_HOUSEKEEPING)
         await manager.start()
         managers.append(manager)
         return manager
