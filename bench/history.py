@@ -182,7 +182,6 @@ def _settings(database: Path, workdir: Path) -> Settings:
         database_path=database,
         log_dir=workdir / "logs",
         llm_base_url="http://127.0.0.1:9/v1",  # never called: InstantLLM has no HTTP
-        housekeeping_interval=3600.0,
     )
 
 
@@ -206,7 +205,10 @@ async def _round(
     await asyncio.to_thread(shutil.copyfile, template, database)
     settings = _settings(database, workdir)
     manager = SessionManager(
-        settings, store=SqliteStore.from_settings(settings), llm=InstantLLM(settings)
+        settings,
+        store=SqliteStore.from_settings(settings),
+        llm=InstantLLM(settings),
+        housekeeping_interval=3600.0,  # no sweep during the measured rounds
     )
     await manager.start()
     try:

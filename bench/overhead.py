@@ -27,7 +27,7 @@ from bench.profile import profiled
 from bench.stats import Distribution, known
 from engine.config import Settings, load_settings
 from engine.history import Message
-from engine.llm.client import build_payload
+from engine.llm.payload import build_payload
 from engine.llm.types import ChatRequest
 from engine.prompts import PromptParts, build_prompt, stop_sequences
 

@@ -19,8 +19,8 @@ from engine.errors import (
     NameTooLong,
     ObserverCannotTalk,
 )
+from engine.input_text import has_control_chars
 from engine.session import Member
-from engine.text import has_control_chars
 
 
 class InputChecks:

@@ -1,8 +1,11 @@
 """Server-wide configuration, read once from the environment and `.env`.
 
-Every limit, timeout and default the code uses lives here, so that nothing is a
-magic number and every knob is documented in `.env.example` (a test checks that
-the two agree).
+Every knob an operator may turn lives here: where the backend is and how long to wait
+for it, limits on what clients may send, how sessions are kept, where files go. Each
+one is documented in `.env.example` (a test checks that the two agree). Numbers only
+the code's own design needs (how often housekeeping runs, how many internal errors
+end a loop, when a reply counts as a recital) are named constants in the module that
+uses them; docs/configuration.md lists them.
 """
 
 from __future__ import annotations
@@ -105,21 +108,12 @@ class Settings(BaseSettings):
         "max_tokens",
         description="Field that carries max_tokens (OpenAI reasoning models need the other).",
     )
-    llm_error_detail_chars: int = Field(
-        300, ge=0, description="Longest excerpt of a backend's own error message kept in errors."
-    )
     llm_structured_output: StructuredSetting = Field(
         "auto",
         description="How the orchestrator asks the default backend for a JSON answer first: "
         "json_schema (OpenAI, vLLM, llama-server, Ollama 0.5+), json_object with a schema "
         "(llama-cpp-python), format (Ollama's own field), off, or auto (try json_schema, "
         "then json_object, then off, per backend).",
-    )
-    structured_output_probe_failures: int = Field(
-        2,
-        ge=1,
-        description="Unusable structured answers in a row after which auto tries the next way "
-        "on that backend (a refused request moves on at once).",
     )
 
     # --- the default backend's health, and the embedded one (docs/backends.md) -----------
@@ -218,11 +212,6 @@ class Settings(BaseSettings):
         "auto",
         description="tool_choice sent with orchestrator calls (some servers fail 'required').",
     )
-    orchestrator_structured_max_tokens: int = Field(
-        96,
-        ge=8,
-        description="max_tokens of the orchestrator's structured-output call (a JSON decision).",
-    )
     opening_line: str = Field(
         "Let's begin.",
         description="User line put first when a bot's context is empty or starts with itself.",
@@ -240,24 +229,8 @@ class Settings(BaseSettings):
         "(Answer as {name} only, in your own words, without a name in front.)",
         description="Added to the prompt of such a retry; {name} is the bot's name.",
     )
-    recital_similarity: float = Field(
-        0.8,
-        gt=0,
-        le=1,
-        description="How close (0 to 1, word sequences) a reply's leading line must be to a "
-        "sentence of a system prompt to be dropped as a recital.",
-    )
-    recital_min_words: int = Field(
-        3, ge=1, description="Shortest leading line, in words, that can count as a recital."
-    )
     duplicate_window: int = Field(
         6, ge=0, description="Recent messages a reply is compared with (0: no duplicate check)."
-    )
-    duplicate_similarity: float = Field(
-        0.9,
-        gt=0,
-        le=1,
-        description="Similarity (0 to 1) from which a reply counts as repeating a recent message.",
     )
     duplicate_reply_retries: int = Field(
         1, ge=0, description="Times a bot is asked again when its reply repeats a recent message."
@@ -285,48 +258,14 @@ class Settings(BaseSettings):
         description="Lowest temperature of such a retry (a bot's own higher one wins); a "
         "seeded request also gets the next seed, so the retry is not the same draw.",
     )
-    template_check_ratio: float = Field(
-        0.25,
-        gt=0,
-        lt=1,
-        description="A backend prompt_tokens below this share of Fellowship's own estimate "
-        "is a sign that the server's chat template is broken.",
-    )
-    template_check_min_prompt_tokens: int = Field(
-        64, ge=1, description="Smallest estimated prompt whose backend count is checked."
-    )
-    template_check_calls: int = Field(
-        2,
-        ge=1,
-        description="Bot calls in a row with such a short prompt count before "
-        "backend_template_mismatch is reported.",
-    )
-    template_check_empty_replies: int = Field(
-        4,
-        ge=1,
-        description="Replies empty after cleaning in a row (retries included) before "
-        "backend_template_mismatch is reported.",
-    )
     max_stop_sequences: int = Field(
         4, ge=0, description="Most stop sequences sent per call (OpenAI accepts at most 4)."
-    )
-    loop_max_consecutive_errors: int = Field(
-        5, ge=1, description="Internal loop errors in a row after which a session ends (error)."
-    )
-    loop_error_backoff: float = Field(
-        0.5, ge=0, description="Seconds the loop waits after an internal error before going on."
-    )
-    housekeeping_interval: float = Field(
-        1.0, gt=0, description="Seconds between checks of time limits and idle sessions."
     )
     max_spec_bytes: int = Field(262144, ge=1024, description="Largest accepted spec in bytes.")
     max_prompt_chars: int = Field(
         20000,
         ge=64,
         description="Longest text field in a spec (prompts, goal, role, names) in characters.",
-    )
-    max_spec_depth: int = Field(
-        32, ge=4, description="Deepest nesting of lists and mappings accepted in a spec."
     )
     max_message_chars: int = Field(8000, ge=1, description="Longest talker message in characters.")
     max_name_chars: int = Field(64, ge=1, description="Longest talker display name.")
@@ -346,11 +285,6 @@ class Settings(BaseSettings):
     )
     ws_ping_seconds: float = Field(
         20.0, gt=0, description="Interval of WebSocket protocol pings from the server."
-    )
-    ws_close_timeout: float = Field(
-        2.0,
-        ge=0,
-        description="Seconds to wait for a client's own close frame after closing a WebSocket.",
     )
 
     # --- server ----------

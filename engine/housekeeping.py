@@ -18,12 +18,22 @@ from engine.session import EngineDeps
 
 log = logging.getLogger("fellowship.housekeeping")
 
+HOUSEKEEPING_INTERVAL = 1.0
+"""Seconds between sweeps: how late an idle session may be ended after its ttl."""
+
 
 class Housekeeper:
     """Sweeps the sessions of one registry, on a timer or when asked."""
 
-    def __init__(self, deps: EngineDeps, sessions: SessionRegistry) -> None:
+    def __init__(
+        self,
+        deps: EngineDeps,
+        sessions: SessionRegistry,
+        *,
+        interval: float = HOUSEKEEPING_INTERVAL,
+    ) -> None:
         self._deps = deps
+        self._interval = interval
         self._sessions = sessions
         self._task: asyncio.Task[None] | None = None
 
@@ -41,7 +51,7 @@ class Housekeeper:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._deps.settings.housekeeping_interval)
+            await asyncio.sleep(self._interval)
             try:
                 await self.sweep()
             except Exception:

@@ -92,6 +92,14 @@ _PREFIX_NOISE = re.compile(r"[\s*_]")
 # Distinct (own, others) name sets compiled at once; the bound only stops growth.
 _SPEAKER_CACHE_SIZE = 256
 _RECITAL_CACHE_SIZE = 64
+
+RECITAL_SIMILARITY = 0.8
+"""Share of a line's words (in order) that must come from one sentence of a system prompt
+for the line to be dropped as a recital."""
+RECITAL_MIN_WORDS = 3
+"""Shortest leading line, in words, that can count as a recital."""
+DUPLICATE_SIMILARITY = 0.9
+"""Similarity (difflib's ratio over words) from which a reply repeats a recent message."""
 # A speaker's name, when nobody listed it: one to three words, each starting with a
 # capital letter (checked in code, so that any alphabet works), at most this long.
 _NAME_WORD = r"[^\W\d_][\w'\u2019.\-]*"
@@ -172,7 +180,12 @@ class Recitals:
 
 
 @lru_cache(maxsize=_RECITAL_CACHE_SIZE)
-def recitals_of(texts: tuple[str, ...], *, similarity: float, min_words: int) -> Recitals:
+def recitals_of(
+    texts: tuple[str, ...],
+    *,
+    similarity: float = RECITAL_SIMILARITY,
+    min_words: int = RECITAL_MIN_WORDS,
+) -> Recitals:
     """`Recitals` for the given prompt texts (split into sentences once, then cached)."""
     sentences: list[tuple[str, ...]] = []
     for text in texts:
@@ -290,7 +303,9 @@ def end_at_sentence(text: str) -> tuple[str, str]:
     return stripped[: ends[-1]], stripped[ends[-1] :].strip()
 
 
-def find_repeat(content: str, recent: Sequence[Message], similarity: float) -> Message | None:
+def find_repeat(
+    content: str, recent: Sequence[Message], similarity: float = DUPLICATE_SIMILARITY
+) -> Message | None:
     """The latest of `recent` that `content` repeats or nearly repeats, or None.
 
     Compared by words, ignoring case and punctuation; `similarity` (0 to 1) is the

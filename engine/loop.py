@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from engine.chart import SessionChart
 from engine.errors import FellowshipError, InternalError, InvalidState, SessionEnded, TurnCancelled
@@ -44,6 +45,10 @@ from engine.template_watch import TemplateWatch
 from engine.turns import TurnOutcome, run_turn
 
 Summarizer = Callable[[Session], Awaitable[bool]]
+
+# An internal error is retried after a short pause; this many in a row end the session.
+LOOP_ERROR_BACKOFF: Final = 0.5
+LOOP_MAX_CONSECUTIVE_ERRORS: Final = 5
 
 
 class SessionLoop:
@@ -77,7 +82,7 @@ class SessionLoop:
         self._task: asyncio.Task[None] | None = None
         self._deadline: asyncio.Task[None] | None = None
         self._errors_in_a_row = 0
-        self.template_watch = TemplateWatch(session.deps.settings, session.deps.counter)
+        self.template_watch = TemplateWatch(session.deps.counter)
         self.ended = asyncio.Event()
         self._changed = asyncio.Event()
         self._ending: asyncio.Task[None] | None = None
@@ -117,7 +122,6 @@ class SessionLoop:
             )
 
     async def _run(self) -> None:
-        settings = self.session.deps.settings
         while self.loop_state != "ended":
             try:
                 await self._step()
@@ -133,10 +137,10 @@ class SessionLoop:
                 self.session.emit(
                     ErrorEvent(message=f"internal error: {exc}", code=InternalError.code)
                 )
-                if self._errors_in_a_row >= settings.loop_max_consecutive_errors:
+                if self._errors_in_a_row >= LOOP_MAX_CONSECUTIVE_ERRORS:
                     await self._finish("error", "internal errors repeated")
                 else:
-                    await asyncio.sleep(settings.loop_error_backoff)
+                    await asyncio.sleep(LOOP_ERROR_BACKOFF)
 
     async def _step(self) -> None:
         """Do the work of the current loop state, then let the chart take its next move."""

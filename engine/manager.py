@@ -25,7 +25,7 @@ from engine.config import Settings
 from engine.errors import FellowshipError, ObserverToken, SecretKeyMissing, TooManySessions
 from engine.events import MemberRole
 from engine.history import Message
-from engine.housekeeping import Housekeeper
+from engine.housekeeping import HOUSEKEEPING_INTERVAL, Housekeeper
 from engine.hub import CLOSE_SHUTDOWN, HubFactory, local_hub
 from engine.llm.client import Backend, LLMClient
 from engine.llm.protocol import ChatClient
@@ -39,7 +39,7 @@ from engine.spec.loader import InvalidSpec, SpecIssue
 from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SECRET_FIELDS, SessionSpec
 from engine.status import LimitReport, MemberCounts, SessionStatus, TokenReport
 from engine.store.base import SessionRecord, Store
-from engine.store.memory import MemoryStore
+from engine.store.in_memory import MemoryStore
 from engine.store.secrets import SecretBox, seal_secrets, seal_stored
 from engine.summarizer import summarize
 from engine.tokens import get_counter
@@ -82,6 +82,7 @@ class SessionManager:
         clock: Clock | None = None,
         hubs: HubFactory = local_hub,
         secret_box: SecretBox | None = None,
+        housekeeping_interval: float = HOUSEKEEPING_INTERVAL,
     ) -> None:
         self.settings = settings
         self.deps = EngineDeps(
@@ -95,7 +96,9 @@ class SessionManager:
         self.secret_box = secret_box or _secret_box(settings, self.deps.store)
         self.checks = InputChecks(settings)
         self._sessions = SessionRegistry()
-        self._housekeeper = Housekeeper(self.deps, self._sessions)
+        self._housekeeper = Housekeeper(
+            self.deps, self._sessions, interval=housekeeping_interval
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 

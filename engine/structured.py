@@ -32,6 +32,9 @@ StructuredSetting = Literal["auto", "json_schema", "json_object", "format", "off
 # used when configured).
 AUTO_ORDER: Final[tuple[StructuredMode, ...]] = ("json_schema", "json_object")
 SCHEMA_NAME: Final = "decision"
+# Unusable answers in a row after which `auto` tries the next way on a backend: one bad
+# answer may be the model's, two in a row are the way's.
+STRUCTURED_OUTPUT_PROBE_FAILURES: Final = 2
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,14 @@ class StructuredOutputProbe:
         """The way to ask now, or None once every way has failed."""
         return AUTO_ORDER[self.tried] if self.tried < len(AUTO_ORDER) else None
 
-    def note(self, *, usable: bool, refused: bool, limit: int, backend: str) -> None:
+    def note(
+        self,
+        *,
+        usable: bool,
+        refused: bool,
+        backend: str,
+        limit: int = STRUCTURED_OUTPUT_PROBE_FAILURES,
+    ) -> None:
         """Record how the backend answered a structured request made with `mode()`.
 
         `refused`: it rejected the request as not understood; that moves on at once,

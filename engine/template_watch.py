@@ -21,12 +21,21 @@ from __future__ import annotations
 
 from typing import Final
 
-from engine.config import Settings
 from engine.errors import BackendTemplateMismatch
 from engine.llm.types import ChatRequest, Usage
 from engine.tokens import TokenCounter
 
 TEMPLATE_MISMATCH: Final = BackendTemplateMismatch.code
+
+# A broken template cuts the prompt to a fraction of its size; a working one counts
+# within tens of percent of our estimate, so a quarter leaves room for either side.
+TEMPLATE_CHECK_RATIO: Final = 0.25
+# Below this estimate a short count may be honest (and the ratio is noisy).
+TEMPLATE_CHECK_MIN_PROMPT_TOKENS: Final = 64
+# Calls in a row with a short prompt before it is reported.
+TEMPLATE_CHECK_CALLS: Final = 2
+# Replies in a row empty after cleaning (retries included) before it is reported.
+TEMPLATE_CHECK_EMPTY_REPLIES: Final = 4
 
 _PROMPT_ADVICE: Final = (
     "its chat template probably leaves most of the prompt out. With llama.cpp, a template "
@@ -44,8 +53,7 @@ _EMPTY_ADVICE: Final = (
 class TemplateWatch:
     """Watches one session's bot calls for signs of a broken chat template."""
 
-    def __init__(self, settings: Settings, counter: TokenCounter) -> None:
-        self._settings = settings
+    def __init__(self, counter: TokenCounter) -> None:
         self._counter = counter
         self.reported = False
         self._short_prompts = 0
@@ -59,21 +67,20 @@ class TemplateWatch:
 
         Returns the mismatch the first time it is clear, else None.
         """
-        settings = self._settings
         if self.reported or usage is None or usage.prompt_tokens <= 0:
             return None
-        if self._healthy_prompts >= settings.template_check_calls:
+        if self._healthy_prompts >= TEMPLATE_CHECK_CALLS:
             return None
         estimate = self._counter.count_chat(request.messages)
-        if usage.prompt_tokens >= settings.template_check_ratio * estimate:
+        if usage.prompt_tokens >= TEMPLATE_CHECK_RATIO * estimate:
             self._short_prompts = 0
             self._healthy_prompts += 1
             return None
-        if estimate < settings.template_check_min_prompt_tokens:
+        if estimate < TEMPLATE_CHECK_MIN_PROMPT_TOKENS:
             return None  # too small a prompt to call its count too short
         self._healthy_prompts = 0
         self._short_prompts += 1
-        if self._short_prompts >= settings.template_check_calls:
+        if self._short_prompts >= TEMPLATE_CHECK_CALLS:
             return self._report(
                 f"The backend counted {usage.prompt_tokens} prompt tokens where Fellowship "
                 f"estimates {estimate}, on {self._short_prompts} calls in a row: " + _PROMPT_ADVICE
@@ -91,7 +98,7 @@ class TemplateWatch:
             self._empty_replies = 0
             return None
         self._empty_replies += 1
-        if self._empty_replies >= self._settings.template_check_empty_replies:
+        if self._empty_replies >= TEMPLATE_CHECK_EMPTY_REPLIES:
             return self._report(
                 f"{self._empty_replies} replies in a row were empty after cleaning: "
                 + _EMPTY_ADVICE

@@ -255,11 +255,7 @@ def _recitals(view: TurnView) -> Recitals:
     texts = [system_prompt(_parts(view, bot)) for bot in view.spec.bots]
     for nudge in (settings.empty_reply_nudge, settings.duplicate_reply_nudge):
         texts.extend(nudge.replace("{name}", name) for name in view.bot_names)
-    return recitals_of(
-        tuple(texts),
-        similarity=settings.recital_similarity,
-        min_words=settings.recital_min_words,
-    )
+    return recitals_of(tuple(texts))
 
 
 def _repeated(view: TurnView, slot: Slot, content: str) -> Message | None:
@@ -270,7 +266,7 @@ def _repeated(view: TurnView, slot: Slot, content: str) -> Message | None:
     # Summarized messages count too: the window is about what was just said.
     upto = slot.context_upto if slot.context_upto is not None else len(view.history)
     recent = view.history.visible(upto, after=max(0, upto - settings.duplicate_window))
-    return find_repeat(content, recent, settings.duplicate_similarity)
+    return find_repeat(content, recent)
 
 
 def _debug_hygiene(

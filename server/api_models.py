@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from engine.backend_status import BackendStatus
 from engine.history import Message
+from engine.input_text import NO_CONTROL_CHARS_PATTERN
 from engine.spec.library import NAME_PATTERN, LibraryEntry
-from engine.text import NO_CONTROL_CHARS_PATTERN
 
 
 class ErrorDetail(BaseModel):

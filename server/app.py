@@ -22,10 +22,10 @@ from engine.default_backend import external_board
 from engine.manager import SessionManager
 from engine.store import configured_store
 from server import console, errors, routes, sse, ws
+from server.conversions import TokenConverter
 from server.openapi import TAGS, FellowshipOpenAPI, api_info
 from server.ratelimit import RateLimiter
 from server.state import EXTENSION_KEY, ServerState, current_state
-from server.wire import TokenConverter
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 DOCS_DIR: Final = STATIC_DIR / "docs"

@@ -31,17 +31,15 @@ from quart_schema import hide
 from engine.auth import FULL_PREFIX, OBSERVER_PREFIX
 from engine.config import Settings
 from engine.diagrams import MACHINES, dot_source, dot_to_svg, graphviz_available
-from engine.errors import NotFound, Unavailable
-from engine.spec.library import SPEC_SUFFIX, SpecNotFound, list_specs
-from engine.spec.loader import SpecIssue, SpecTooLarge
+from engine.errors import NotFound
+from engine.spec.library import list_specs, read_library_spec
 from server.api_models import SpecLibraryResponse
+from server.conversions import json_response
 from server.state import current_state
-from server.wire import json_response
 
 CONSOLE_DIR: Final = Path(__file__).parent / "static" / "console"
 DIAGRAMS_DIR: Final = Path(__file__).resolve().parents[1] / "docs" / "diagrams"
 
-_NOT_FOUND: Final = "there is no library spec by that name"
 _SVG_TYPE: Final = "image/svg+xml; charset=utf-8"
 _YAML_TYPE: Final = "application/yaml; charset=utf-8"
 
@@ -77,30 +75,6 @@ def console_config(settings: Settings) -> ConsoleConfig:
         observer_token_prefix=OBSERVER_PREFIX,
         machines=list(MACHINES),
     )
-
-
-def library_spec_text(name: str, settings: Settings) -> str:
-    """The YAML text of library spec `name`, exactly as stored.
-
-    Only names the library lists are opened, so no name can reach outside SPECS_DIR.
-    Raises `SpecNotFound`, `SpecTooLarge` (over MAX_SPEC_BYTES) or `Unavailable`.
-    """
-    if name not in {entry.name for entry in list_specs(settings)}:
-        raise SpecNotFound(_NOT_FOUND)
-    path = settings.specs_dir / f"{name}{SPEC_SUFFIX}"
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecNotFound(_NOT_FOUND) from None
-    except OSError:
-        raise Unavailable("the library spec cannot be read") from None
-    if len(data) > settings.max_spec_bytes:
-        message = (
-            f"the library spec is {len(data)} bytes; the limit is "
-            f"{settings.max_spec_bytes} bytes (MAX_SPEC_BYTES)"
-        )
-        raise SpecTooLarge([SpecIssue(path="", message=message)])
-    return data.decode("utf-8", errors="replace")
 
 
 def diagram_svg(machine: str, diagrams_dir: Path = DIAGRAMS_DIR) -> str:
@@ -166,7 +140,8 @@ async def specs() -> Response:
 @hide
 async def spec_text(name: str) -> Response:
     """One library spec's YAML text, for the page's editor."""
-    text = library_spec_text(name, current_state().settings)
+    data = read_library_spec(name, current_state().settings)
+    text = data.decode("utf-8", errors="replace")
     return Response(text, content_type=_YAML_TYPE, headers={"Cache-Control": "no-cache"})
 
 

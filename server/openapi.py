@@ -37,8 +37,8 @@ from werkzeug.routing import BaseConverter, Rule
 from engine import events
 from engine.config import Settings
 from server.api_models import ErrorBody, PingFrame, UserMessageFrame
+from server.conversions import RESERVED_TOKENS, TokenConverter
 from server.state import EXTENSION_KEY, ServerState
-from server.wire import RESERVED_TOKENS, TokenConverter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,7 +78,7 @@ ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
 GUARDED_PREFIX: Final = "/v1/"
 GUARD_STATUSES: Final = (429, 503)
 ALWAYS_STATUSES: Final = (500,)
-# The rule of `/v1/session/<token>` ends so (see `server.wire.TokenConverter`).
+# The rule of `/v1/session/<token>` ends so (see `server.conversions.TokenConverter`).
 SESSION_ITEM_RULE_END: Final = "/<token:token>"
 ERROR_HEADERS: Final[dict[int, dict[str, Any]]] = {
     405: {
@@ -423,7 +423,7 @@ def _add_spec_limits(schemas: dict[str, Any], settings: Settings) -> None:
     """The spec limits this server's settings set, for the schema to refuse what it refuses.
 
     At most MAX_BOTS_PER_SESSION bots, and MAX_PROMPT_CHARS characters in any text field
-    (`engine.spec.loader` applies the cap to every string of a known field).
+    (`engine.spec.checking` applies the cap to every string of a known field).
     """
     spec = schemas.get("SessionSpec")
     if spec is None:

@@ -29,9 +29,9 @@ from server.api_models import (
     HistoryResponse,
     SpecLibraryResponse,
 )
+from server.conversions import json_response, parse_params
 from server.openapi import document_errors
 from server.state import current_state
-from server.wire import json_response, parse_params
 
 blueprint = Blueprint("sessions", __name__)
 

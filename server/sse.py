@@ -24,10 +24,10 @@ from engine.events import BaseEvent
 from engine.hub import Frame
 from engine.manager import Handle, SessionManager
 from server.api_models import StreamHeaders, StreamQuery
+from server.conversions import parse_params
 from server.errors import error_event
 from server.openapi import document_errors, document_raw_response, reference
 from server.state import current_state
-from server.wire import parse_params
 
 blueprint = Blueprint("sse", __name__)
 

@@ -31,10 +31,11 @@ from quart_schema import document_querystring, tag
 
 from engine.errors import BadFrame, FellowshipError, InternalError, InvalidJson, UnknownFrameType
 from engine.events import Pong
+from engine.input_text import has_lone_surrogate
 from engine.manager import Handle, SessionManager
 from engine.session import Member
-from engine.text import has_lone_surrogate
 from server.api_models import ConnectQuery, PingFrame, UserMessageFrame, client_frame_adapter
+from server.conversions import parse_params
 from server.errors import (
     WS_INTERNAL,
     error_event,
@@ -43,9 +44,11 @@ from server.errors import (
     ws_reason,
 )
 from server.state import current_state
-from server.wire import parse_params
 
 blueprint = Blueprint("websocket", __name__)
+
+WS_CLOSE_TIMEOUT = 2.0
+"""Seconds to wait for a client's own close frame after ours (see `_close`)."""
 
 
 @blueprint.websocket("/v1/session/<token:token>/connect")
@@ -109,7 +112,7 @@ async def _close(code: int, reason: str) -> None:
     """
     with contextlib.suppress(Exception):
         await websocket.close(code, reason)
-    await asyncio.sleep(current_state().settings.ws_close_timeout)
+    await asyncio.sleep(WS_CLOSE_TIMEOUT)
 
 
 class Connection:

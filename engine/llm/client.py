@@ -7,9 +7,8 @@ flight per backend, granted in arrival order across all sessions.
 `chat()` sends one chat-completions request, streamed or not, and returns a typed
 `Completion`. Behaviour worth knowing:
 
-- Only fields that are set are sent (no `tools: []`, no `stop: []`, no null
-  temperature): several local servers reject empty or unknown fields. Backend-specific
-  extras (`ChatRequest.extra`) are added as they are, never over a standard field.
+- Only fields that are set are sent (`engine.llm.payload`); a base URL a session
+  chose must pass the SSRF guard (`engine.llm.url_guard`).
 - A legacy `function_call` is read only when the reply has no `tool_calls` (some
   servers send both, the legacy one with a wrong name).
 - Reasoning never reaches the reply: `<think>…</think>` blocks (also when a tag is cut
@@ -26,43 +25,44 @@ flight per backend, granted in arrival order across all sessions.
   Other 4xx answers are not retried. A slot is held per attempt, never during the wait.
   After the last try one `LLMError` is raised whose `code` says what went wrong.
 - The API key is sent as `Authorization: Bearer …` only when one is set, and never
-  appears in an error message or a log line. A backend whose stored key could not be
-  decrypted (`Backend.unreadable_key`) is never called: `secret_unreadable` at once.
+  appears in an error message (redacted here) or a log line (the server registers
+  `LLM_API_KEY` with the log filter when it sets up logging). A backend whose stored
+  key could not be decrypted (`Backend.unreadable_key`) is never called:
+  `secret_unreadable` at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Final, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from engine.config import Settings
+from engine.llm.attempts import (
+    AttemptFailed,
+    Progress,
+    Reply,
+    status_failure,
+    transport_failure,
+)
+from engine.llm.backend_replies import WireMessage, WireResponse
 from engine.llm.errors import (
     LLM_BAD_RESPONSE,
-    LLM_CONNECTION,
-    LLM_RATE_LIMITED,
-    LLM_REJECTED,
     LLM_SECRET_UNREADABLE,
     LLM_SERVER_ERROR,
     LLM_TIMEOUT,
-    RETRYABLE_CODES,
-    BackendNotAllowed,
     LLMError,
 )
 from engine.llm.limiter import Limiter, LimiterFactory, local_limiter
+from engine.llm.payload import build_payload
 from engine.llm.stream import ThinkSplitter, ToolCallAssembler, split_think, sse_data
-from engine.llm.types import ChatRequest, Completion, ToolCall, Usage
-from engine.llm.wire import WireErrorBody, WireMessage, WireResponse
+from engine.llm.types import ChatRequest, Completion, Usage
+from engine.llm.url_guard import check_backend_url, display_url, normalise_url
 from engine.logs import secret_filter
 
 logger = logging.getLogger(__name__)
@@ -75,9 +75,10 @@ TokenCallback = Callable[[str], Awaitable[None]]
 _DONE = "[DONE]"
 _EVENT_STREAM = "text/event-stream"
 _JSON = "application/json"
-_SCHEMES = ("http", "https")
-# Request fields sent under their own name, and only when set.
-_OPTIONAL_FIELDS = ("top_p", "frequency_penalty", "presence_penalty", "seed", "response_format")
+
+ERROR_DETAIL_CHARS: Final = 300
+"""Longest excerpt of a backend's own error message kept in an `LLMError`: enough to
+read the backend's reason, short enough that a page of HTML stays out of events."""
 
 
 class Backend(BaseModel):
@@ -96,7 +97,7 @@ class Backend(BaseModel):
     @property
     def display_url(self) -> str:
         """The base URL without user info, query or fragment: safe for logs and messages."""
-        return _display_url(self.base_url)
+        return display_url(self.base_url)
 
 
 class RetryNotice(BaseModel):
@@ -115,82 +116,6 @@ class RetryNotice(BaseModel):
 
 RetryCallback = Callable[[RetryNotice], Awaitable[None]]
 """Told about each failed attempt that will be retried (e.g. to emit a debug event)."""
-
-
-def check_backend_url(url: str, settings: Settings) -> str:
-    """Apply the SSRF guard to a per-session base URL; return it normalised.
-
-    The scheme must be http or https and the host must be listed in
-    `ALLOWED_LLM_HOSTS` (exact, case-insensitive match; IPv6 written without brackets).
-    Raises `BackendNotAllowed` otherwise; its message names the host, never a key.
-    """
-    try:
-        parts = urlsplit(url.strip())
-        parts.port  # noqa: B018 - parsing the port validates it
-    except ValueError:
-        raise BackendNotAllowed("the LLM base URL is not a valid URL") from None
-    if parts.scheme.lower() not in _SCHEMES:
-        raise BackendNotAllowed(
-            f"the LLM base URL must use http or https, not {parts.scheme or 'no scheme'!r}"
-        )
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise BackendNotAllowed("the LLM base URL has no host")
-    allowed = {entry.strip().strip("[]").lower() for entry in settings.allowed_llm_hosts}
-    if host not in allowed:
-        raise BackendNotAllowed(
-            f"LLM host {host!r} is not allowed; the server admin can add it to ALLOWED_LLM_HOSTS"
-        )
-    return _normalise_url(url)
-
-
-def build_payload(request: ChatRequest, settings: Settings) -> dict[str, Any]:
-    """The JSON body for a request: only the fields that are set."""
-    payload: dict[str, Any] = {
-        "model": request.model,
-        "messages": [message.model_dump(exclude_none=True) for message in request.messages],
-    }
-    if request.stream:
-        payload["stream"] = True
-        if settings.llm_stream_include_usage:
-            payload["stream_options"] = {"include_usage": True}
-    if request.temperature is not None:
-        payload["temperature"] = request.temperature
-    if request.max_tokens is not None:
-        payload[settings.llm_max_tokens_field] = request.max_tokens
-    if request.stop:
-        payload["stop"] = list(request.stop)
-    if request.tools:
-        payload["tools"] = [tool.model_dump(exclude_none=True) for tool in request.tools]
-        if request.tool_choice is not None:
-            payload["tool_choice"] = request.tool_choice
-    for name in _OPTIONAL_FIELDS:
-        value = getattr(request, name)
-        if value is not None:
-            payload[name] = value
-    for name, value in request.extra.items():
-        payload.setdefault(name, value)
-    return payload
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 class LLMClient:
@@ -219,9 +144,6 @@ class LLMClient:
         self._new_limiter = limiters
         self._limiters: dict[str, Limiter] = {}
         self._states: dict[tuple[str, type[Any]], Any] = {}
-        default_key = settings.llm_api_key.get_secret_value()
-        if default_key:
-            secret_filter.add_secret(default_key)
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -249,7 +171,7 @@ class LLMClient:
         """
         if base_url is None:
             key = api_key if api_key is not None else self._settings.llm_api_key
-            return Backend(base_url=_normalise_url(self._settings.llm_base_url), api_key=_key(key))
+            return Backend(base_url=normalise_url(self._settings.llm_base_url), api_key=_key(key))
         return Backend(base_url=check_backend_url(base_url, self._settings), api_key=_key(api_key))
 
     def limiter_for(self, backend: Backend) -> Limiter:
@@ -306,7 +228,7 @@ class LLMClient:
         attempt = 0
         while True:
             attempt += 1
-            progress = _Progress()
+            progress = Progress()
             try:
                 waiting_since = self._clock()
                 async with limiter.slot(queue_key):
@@ -314,10 +236,11 @@ class LLMClient:
                     reply = await self._attempt(
                         http, backend, payload, headers, request.stream, on_token, progress
                     )
-            except _AttemptFailed as failure:
+            except AttemptFailed as failure:
                 detail = self._redact(failure.detail, backend)
                 if not failure.retryable or attempt > settings.llm_retries:
-                    raise _final_error(failure, detail, backend, attempt) from None
+                    where = backend.display_url
+                    raise failure.final_error(detail, where=where, attempts=attempt) from None
                 delay = settings.llm_retry_delay
                 if failure.retry_after is not None:
                     delay = min(failure.retry_after, settings.llm_max_retry_after)
@@ -377,8 +300,8 @@ class LLMClient:
         headers: dict[str, str],
         stream: bool,
         on_token: TokenCallback | None,
-        progress: _Progress,
-    ) -> _Reply:
+        progress: Progress,
+    ) -> Reply:
         settings = self._settings
         url = backend.base_url + "/chat/completions"
         response: httpx.Response | None = None
@@ -396,7 +319,7 @@ class LLMClient:
                 )
                 response = await http.send(request, stream=True)
                 if not 200 <= response.status_code < 300:
-                    raise await _status_failure(response)
+                    raise await status_failure(response)
                 content_type = response.headers.get("content-type", "").lower()
                 # Some servers label a stream loosely; only a JSON body means "not streamed".
                 if stream and not content_type.startswith(_JSON):
@@ -418,9 +341,9 @@ class LLMClient:
                 )
             else:
                 detail = f"no reply within LLM_READ_TIMEOUT ({settings.llm_read_timeout:g}s)"
-            raise _AttemptFailed(LLM_TIMEOUT, detail) from None
+            raise AttemptFailed(LLM_TIMEOUT, detail) from None
         except httpx.HTTPError as exc:
-            raise _transport_failure(exc) from exc
+            raise transport_failure(exc) from exc
         finally:
             if response is not None:
                 await response.aclose()
@@ -430,8 +353,8 @@ class LLMClient:
         response: httpx.Response,
         gap: asyncio.Timeout,
         on_token: TokenCallback | None,
-        progress: _Progress,
-    ) -> _Reply:
+        progress: Progress,
+    ) -> Reply:
         idle = self._settings.llm_stream_idle_timeout
         loop = asyncio.get_running_loop()
         splitter = ThinkSplitter()
@@ -464,11 +387,11 @@ class LLMClient:
             try:
                 chunk = WireResponse.model_validate_json(data)
             except ValidationError:
-                failure = _AttemptFailed(LLM_BAD_RESPONSE, "the stream carried malformed JSON")
+                failure = AttemptFailed(LLM_BAD_RESPONSE, "the stream carried malformed JSON")
                 raise failure from None
             error = chunk.error_text()
             if error is not None:
-                raise _AttemptFailed(LLM_SERVER_ERROR, f"the backend reported an error: {error}")
+                raise AttemptFailed(LLM_SERVER_ERROR, f"the backend reported an error: {error}")
             model = chunk.model or model
             if chunk.usage is not None:
                 usage = chunk.usage.to_usage()
@@ -487,14 +410,14 @@ class LLMClient:
                 if choice.finish_reason:
                     finish_reason = choice.finish_reason
         if not done and finish_reason is None:
-            raise _AttemptFailed(LLM_BAD_RESPONSE, "the stream ended before the reply was complete")
+            raise AttemptFailed(LLM_BAD_RESPONSE, "the stream ended before the reply was complete")
         if not saw_choice:
-            raise _AttemptFailed(LLM_BAD_RESPONSE, "the reply had no choices")
+            raise AttemptFailed(LLM_BAD_RESPONSE, "the reply had no choices")
         visible, hidden = splitter.flush()
         thinking.append(hidden)
         if visible:
             await emit(visible)
-        return _Reply(
+        return Reply(
             content="".join(content),
             reasoning=_join_reasoning("".join(reasoning), "".join(thinking)),
             tool_calls=tools.calls(),
@@ -529,74 +452,26 @@ class LLMClient:
             if secret:
                 text = text.replace(secret, "***")
         text = secret_filter.redact(text)
-        limit = self._settings.llm_error_detail_chars
+        limit = ERROR_DETAIL_CHARS
         return text if len(text) <= limit else text[:limit] + "…"
 
 
-@dataclass
-class _Progress:
-    """What one attempt got to, for timeout messages and retry notices."""
-
-    started: bool = False
-    streamed: bool = False
-
-
-@dataclass
-class _Reply:
-    content: str
-    reasoning: str
-    tool_calls: list[ToolCall]
-    finish_reason: str | None
-    usage: Usage | None
-    model: str
-
-
-class _AttemptFailed(Exception):
-    """One attempt failed; `chat()` decides whether to retry."""
-
-    def __init__(
-        self,
-        code: str,
-        detail: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-        retryable: bool | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.status = status
-        self.retry_after = retry_after
-        self.retryable = code in RETRYABLE_CODES if retryable is None else retryable
-
-
-def _final_error(failure: _AttemptFailed, detail: str, backend: Backend, attempts: int) -> LLMError:
-    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    return LLMError(
-        f"LLM call to {backend.display_url} failed after {tries}: {detail}",
-        code=failure.code,
-        status=failure.status,
-        attempts=attempts,
-    )
-
-
-def _parse_whole(body: bytes) -> _Reply:
+def _parse_whole(body: bytes) -> Reply:
     try:
         data = WireResponse.model_validate_json(body)
     except ValidationError:
-        raise _AttemptFailed(LLM_BAD_RESPONSE, "the reply was not valid JSON") from None
+        raise AttemptFailed(LLM_BAD_RESPONSE, "the reply was not valid JSON") from None
     error = data.error_text()
     if error is not None:
-        raise _AttemptFailed(LLM_SERVER_ERROR, f"the backend reported an error: {error}")
+        raise AttemptFailed(LLM_SERVER_ERROR, f"the backend reported an error: {error}")
     if not data.choices:
-        raise _AttemptFailed(LLM_BAD_RESPONSE, "the reply had no choices")
+        raise AttemptFailed(LLM_BAD_RESPONSE, "the reply had no choices")
     choice = data.choices[0]
     message = choice.message or choice.delta or WireMessage()
     content, thinking = split_think(message.content_text())
     tools = ToolCallAssembler()
     _add_tool_calls(tools, message)
-    return _Reply(
+    return Reply(
         content=content,
         reasoning=_join_reasoning(message.reasoning_text(), thinking),
         tool_calls=tools.calls(),
@@ -615,47 +490,6 @@ def _add_tool_calls(tools: ToolCallAssembler, message: WireMessage) -> None:
 
 def _join_reasoning(*parts: str) -> str:
     return "\n".join(part.strip() for part in parts if part.strip())
-
-
-async def _status_failure(response: httpx.Response) -> _AttemptFailed:
-    """Turn a non-2xx answer into a failure carrying the backend's own message."""
-    status = response.status_code
-    body = await response.aread()
-    try:
-        message = WireErrorBody.model_validate_json(body).text()
-    except ValidationError:
-        message = body.decode("utf-8", errors="replace").strip() or None
-    reason = f"HTTP {status}" + (f": {message}" if message else f" {response.reason_phrase}")
-    if status == httpx.codes.TOO_MANY_REQUESTS:
-        code = LLM_RATE_LIMITED
-    elif status >= httpx.codes.INTERNAL_SERVER_ERROR:
-        code = LLM_SERVER_ERROR
-    else:
-        code = LLM_REJECTED
-    return _AttemptFailed(
-        code,
-        reason,
-        status=status,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
-    )
-
-
-def _transport_failure(exc: httpx.HTTPError) -> _AttemptFailed:
-    """Map an httpx exception to a failure kind; the raw exception never escapes."""
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout):
-        return _AttemptFailed(LLM_TIMEOUT, "timed out connecting (LLM_CONNECT_TIMEOUT)")
-    if isinstance(exc, httpx.TimeoutException):
-        return _AttemptFailed(LLM_TIMEOUT, f"timed out waiting for the backend ({text})")
-    if isinstance(exc, httpx.ConnectError):
-        return _AttemptFailed(LLM_CONNECTION, f"could not connect ({text})")
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return _AttemptFailed(LLM_CONNECTION, f"the connection broke before a full reply ({text})")
-    if isinstance(exc, httpx.DecodingError):
-        return _AttemptFailed(LLM_BAD_RESPONSE, f"the reply could not be decoded ({text})")
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
-        return _AttemptFailed(LLM_CONNECTION, f"unusable backend URL ({text})", retryable=False)
-    return _AttemptFailed(LLM_CONNECTION, f"transport error ({text})")
 
 
 def _http_timeout(settings: Settings, *, stream: bool) -> httpx.Timeout:
@@ -683,20 +517,3 @@ def _key(key: SecretStr | None) -> SecretStr | None:
     if key is None or not key.get_secret_value():
         return None
     return key
-
-
-def _normalise_url(url: str) -> str:
-    return url.strip().rstrip("/")
-
-
-def _display_url(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{host}:{port}" if port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

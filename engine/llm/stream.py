@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.llm.backend_replies import WireToolCall
 from engine.llm.types import ToolCall
-from engine.llm.wire import WireToolCall
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

@@ -33,6 +33,8 @@ Answer = Literal["tools", "json"]
 
 # Tokens added per transcript line beyond its stored content count: the `Name: ` prefix
 # is counted apart; this covers the line break and merges at the joins.
+# max_tokens of the structured-output call: a JSON decision needs a few dozen tokens.
+ORCHESTRATOR_STRUCTURED_MAX_TOKENS: Final = 96
 _LINE_MARGIN: Final = 2
 _LEFT_OUT: Final = "(earlier messages left out)"
 _NOTHING_YET: Final = "(nothing has been said yet)"
@@ -78,7 +80,7 @@ def orchestrator_request(
         return ChatRequest(
             model=view.model_for("orchestrator"),
             messages=prompt,
-            max_tokens=settings.orchestrator_structured_max_tokens,
+            max_tokens=ORCHESTRATOR_STRUCTURED_MAX_TOKENS,
             response_format=ask.response_format,
             extra=ask.extra,
         )

@@ -186,7 +186,6 @@ async def _ask_structured(
         probe.note(
             usable=reading is not None,
             refused=refused,
-            limit=view.settings.structured_output_probe_failures,
             backend=view.backend.display_url,
         )
     return reading

@@ -1,19 +1,17 @@
 """Session specs: the models, reading and checking them, the named library, the schema."""
 
-from engine.spec.library import LibraryEntry, SpecNotFound, list_specs, load_named_spec
-from engine.spec.loader import (
+from engine.spec.checking import validate_spec_data
+from engine.spec.issues import (
     InvalidSpec,
     MalformedSpec,
-    SpecDocument,
     SpecIssue,
     SpecRejected,
     SpecResult,
     SpecTooLarge,
     SpecWarning,
-    load_spec,
-    read_spec_document,
-    validate_spec_data,
 )
+from engine.spec.library import LibraryEntry, SpecNotFound, list_specs, load_named_spec
+from engine.spec.loader import load_spec
 from engine.spec.models import (
     BotSpec,
     LLMOverride,
@@ -21,6 +19,7 @@ from engine.spec.models import (
     SessionOptions,
     SessionSpec,
 )
+from engine.spec.reading import SpecDocument, read_spec_document
 
 __all__ = [
     "BotSpec",

@@ -21,16 +21,10 @@ from pydantic import BaseModel, Field
 from engine.config import Settings
 from engine.errors import SpecNotFound as SpecNotFound  # importable from here as before
 from engine.errors import Unavailable
-from engine.spec.loader import (
-    InvalidSpec,
-    SpecIssue,
-    SpecRejected,
-    SpecResult,
-    SpecTooLarge,
-    load_spec,
-    read_spec_document,
-    validate_spec_data,
-)
+from engine.spec.checking import validate_spec_data
+from engine.spec.issues import InvalidSpec, SpecIssue, SpecRejected, SpecResult, SpecTooLarge
+from engine.spec.loader import load_spec
+from engine.spec.reading import read_spec_document
 
 SPEC_SUFFIX: Final = ".yaml"
 # What a library name looks like; anything else is answered like an unknown name.
@@ -86,7 +80,7 @@ def load_named_spec(
     since they refer to the file.
     """
     try:
-        data = _read(name, settings)
+        data = read_library_spec(name, settings)
     except SpecTooLarge as exc:
         return SpecResult.refused(exc)
     if not overrides:
@@ -125,7 +119,14 @@ def _deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[s
     return merged
 
 
-def _read(name: str, settings: Settings) -> bytes:
+def read_library_spec(name: str, settings: Settings) -> bytes:
+    """The bytes of library spec `name`, exactly as stored, without parsing them.
+
+    Only names made of letters, digits, `-` and `_` are looked up, so no name can reach
+    outside SPECS_DIR. Raises `SpecNotFound` for an unknown or ill-formed name,
+    `SpecTooLarge` for a file over MAX_SPEC_BYTES (before reading it) and `Unavailable`
+    when the file exists but cannot be read.
+    """
     if not _NAME.fullmatch(name):
         raise SpecNotFound(_NOT_FOUND)
     path: Path = settings.specs_dir / f"{name}{SPEC_SUFFIX}"

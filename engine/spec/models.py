@@ -3,7 +3,7 @@
 These models check everything that can be judged from a single field: types, ranges,
 allowed values, bot-name shape and the `memory` syntax. Rules that need the server's
 configuration or a view of the whole document (how many bots, unique names, text
-length caps, `orchestrated` needing three bots) live in `engine.spec.loader`, so the
+length caps, `orchestrated` needing three bots) live in `engine.spec.checking`, so the
 models stay importable without settings.
 
 Unknown keys are ignored here (`extra="ignore"`); the loader reports them as warnings.
@@ -26,8 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from engine.input_text import has_control_chars
 from engine.structured import StructuredSetting
-from engine.text import has_control_chars
 
 # Both numbers are part of the spec contract (SPEC §2), not tunable server limits.
 BOT_NAME_MAX_CHARS: Final = 64

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 from engine.config import Settings
-from engine.spec import loader
+from engine.spec.checking import NOT_IMPLEMENTED_OPTIONS
 from engine.spec.models import BOT_NAME_MAX_CHARS, ORCHESTRATED_MIN_BOTS
+from engine.spec.reading import MAX_SPEC_DEPTH
 from engine.spec.schema import SCHEMA_FILE_NAME, session_spec_schema
 
 REFERENCE_FILE_NAME: Final = "spec-reference.md"
@@ -34,12 +35,12 @@ def render_reference() -> str:
     """The whole Markdown reference, ending in a newline."""
     schema = session_spec_schema()
     defs: dict[str, Any] = schema["$defs"]
-    planned = sorted(loader.NOT_IMPLEMENTED_OPTIONS)
+    planned = sorted(NOT_IMPLEMENTED_OPTIONS)
     parts = [
         _INTRO.format(
             schema_file=SCHEMA_FILE_NAME,
             max_bytes=_setting_default("max_spec_bytes"),
-            max_depth=_setting_default("max_spec_depth"),
+            max_depth=MAX_SPEC_DEPTH,
             max_chars=_setting_default("max_prompt_chars"),
         ),
         "## Top level\n",
@@ -179,7 +180,7 @@ Editors can check specs as you type with the JSON Schema in
 - **Safe YAML.** A safe loader builds plain values only. Anchors and aliases (`&`, `*`)
   are refused, which stops "billion laughs" alias bombs; so are a second document
   (`---`), duplicate keys, and nesting deeper than `MAX_SPEC_DEPTH` levels
-  (default {max_depth}). These, bad UTF-8 and syntax errors are answered with 400 and
+  ({max_depth}). These, bad UTF-8 and syntax errors are answered with 400 and
   the line and column.
 - **Text length.** Every text field (prompts, goal, role, names, URLs) holds at most
   `MAX_PROMPT_CHARS` characters (default {max_chars}).

@@ -3,7 +3,7 @@ for a cluster."""
 
 from engine.config import Settings
 from engine.store.base import SessionRecord, Store
-from engine.store.memory import MemoryStore
+from engine.store.in_memory import MemoryStore
 
 
 def configured_store(settings: Settings) -> Store:

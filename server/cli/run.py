@@ -29,7 +29,7 @@ from engine.loop import SessionLoop
 from engine.manager import Handle, SessionManager
 from engine.session import Member
 from engine.spec.loader import load_spec
-from engine.store.memory import MemoryStore
+from engine.store.in_memory import MemoryStore
 from server.cli.progress import BuildDisplay
 
 COLOURS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m")

@@ -10,6 +10,7 @@ from quart.typing import TestClientProtocol as QuartClient
 
 from engine.diagrams import graphviz_available
 from engine.errors import SpecTooLarge
+from engine.spec.library import read_library_spec
 from server import console
 from server.app import create_app
 from server.console import DiagramUnavailable, diagram_svg
@@ -107,7 +108,7 @@ async def test_an_oversized_library_spec_is_refused(tmp_path: Path) -> None:
         tmp_path, "http://127.0.0.1:9/v1", specs_dir=specs, max_spec_bytes=1024
     )
     with pytest.raises(SpecTooLarge):
-        console.library_spec_text("huge", settings)
+        read_library_spec("huge", settings)
 
 
 async def test_the_loop_diagram_is_the_generated_file(client: QuartClient) -> None:

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from engine.llm.mock import MockLLM
 from engine.manager import SessionManager
-from tests.support.engine import WAIT_SECONDS, make_settings
+from tests.support.engine import FAST_HOUSEKEEPING, WAIT_SECONDS, make_settings
 from tests.support.server import (
     RunningServer,
     ServerFactory,
@@ -61,8 +61,11 @@ async def manager_factory(tmp_path: Path, mock: MockLLM) -> AsyncIterator[Manage
     """Start engines (no HTTP server) on the mock with settings overrides; all closed after."""
     managers: list[SessionManager] = []
 
-    async def make(**overrides: Any) -> SessionManager:
-        manager = SessionManager(make_settings(tmp_path, mock.base_url, **overrides))
+    async def make(
+        *, housekeeping_interval: float = FAST_HOUSEKEEPING, **overrides: Any
+    ) -> SessionManager:
+        settings = make_settings(tmp_path, mock.base_url, **overrides)
+        manager = SessionManager(settings, housekeeping_interval=housekeeping_interval)
         await manager.start()
         managers.append(manager)
         return manager

@@ -26,10 +26,8 @@ async def manager(
     tmp_path: Path, mock: MockLLM, clock: ManualClock
 ) -> AsyncIterator[SessionManager]:
     # The timer never fires during a test: each sweep is the test's own call.
-    settings = make_settings(
-        tmp_path, mock.base_url, housekeeping_interval=3600, ended_retention_seconds=RETENTION
-    )
-    manager = SessionManager(settings, clock=clock)
+    settings = make_settings(tmp_path, mock.base_url, ended_retention_seconds=RETENTION)
+    manager = SessionManager(settings, clock=clock, housekeeping_interval=3600)
     await manager.start()
     yield manager
     await manager.close()

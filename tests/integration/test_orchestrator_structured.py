@@ -14,9 +14,11 @@ import pytest
 
 from engine.llm.mock import Fault, MockLLM, MockReply
 from engine.manager import SessionManager
+from engine.orchestrator import ORCHESTRATOR_STRUCTURED_MAX_TOKENS
 from engine.session import Session
 from engine.speakers import Decision
 from engine.spec.models import SessionSpec
+from engine.structured import STRUCTURED_OUTPUT_PROBE_FAILURES
 from tests.integration.conftest import (
     ManagerFactory,
     ServerFactory,
@@ -59,7 +61,7 @@ async def test_the_first_call_asks_for_json_whose_bot_name_is_the_roster(
     )
     [request] = mock.requests
     assert request.tools == []
-    assert request.max_tokens == manager.deps.settings.orchestrator_structured_max_tokens
+    assert request.max_tokens == ORCHESTRATOR_STRUCTURED_MAX_TOKENS
     assert request.response_format is not None
     assert request.response_format["type"] == "json_schema"
     schema = request.response_format["json_schema"]["schema"]
@@ -113,7 +115,7 @@ async def test_auto_moves_to_json_object_when_json_schema_is_ignored_and_keeps_i
     manager: SessionManager, mock: MockLLM
 ) -> None:
     mock.set_structured_output(["json_object"])  # like llama-cpp-python's server
-    limit = manager.deps.settings.structured_output_probe_failures
+    limit = STRUCTURED_OUTPUT_PROBE_FAILURES
 
     rungs = []
     for _ in range(limit + 2):
@@ -177,7 +179,7 @@ async def test_when_every_way_fails_auto_stops_asking_for_structured_output(
     manager: SessionManager, mock: MockLLM
 ) -> None:
     mock.set_structured_output([])
-    limit = manager.deps.settings.structured_output_probe_failures
+    limit = STRUCTURED_OUTPUT_PROBE_FAILURES
     for _ in range(2 * limit):
         await decide(await make(manager))
     mock.requests.clear()
@@ -194,7 +196,7 @@ async def test_a_confirmed_way_is_kept_after_a_bad_answer(
     manager: SessionManager, mock: MockLLM
 ) -> None:
     await decide(await make(manager))  # json_schema works: confirmed
-    limit = manager.deps.settings.structured_output_probe_failures
+    limit = STRUCTURED_OUTPUT_PROBE_FAILURES
     mock.enqueue(*[MockReply(fault=Fault.STRUCTURED_IGNORED)] * limit)
     for _ in range(limit):
         await decide(await make(manager))

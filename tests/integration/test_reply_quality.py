@@ -18,6 +18,7 @@ from engine.llm.mock import MockLLM, MockReply, RecordedRequest
 from engine.llm.types import Usage
 from engine.manager import SessionManager
 from engine.spec.models import SessionSpec
+from engine.template_watch import TEMPLATE_CHECK_EMPTY_REPLIES
 from tests.integration.conftest import (
     ManagerFactory,
     ServerFactory,
@@ -227,7 +228,7 @@ async def test_replies_empty_again_and_again_are_reported_once(
 ) -> None:
     manager = await manager_factory()
     mock.set_handler(lambda request: MockReply(content="<|im_end|>"))
-    limit = manager.deps.settings.template_check_empty_replies
+    limit = TEMPLATE_CHECK_EMPTY_REPLIES
 
     watcher = await run(manager, max_turns=4)
 

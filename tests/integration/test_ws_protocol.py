@@ -11,6 +11,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Event, Request, TextMessage
 
 from engine.events import parse_event
+from server import ws as ws_routes
 from tests.integration.conftest import (
     RunningServer,
     ServerFactory,
@@ -266,11 +267,12 @@ async def test_connects_over_the_rate_limit_are_closed_with_4029(
 
 
 async def test_the_server_waits_for_the_clients_close_frame_before_dropping_the_connection(
-    server_factory: ServerFactory,
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Dropping the TCP connection right after our close frame makes some clients (Node's,
     # Chromium's WebSocket) lose the last frames to a reset and report 1006.
-    server = await server_factory(ws_close_timeout=WAIT_SECONDS)
+    monkeypatch.setattr(ws_routes, "WS_CLOSE_TIMEOUT", WAIT_SECONDS)
+    server = await server_factory()
     async with httpx.AsyncClient(base_url=server.base_url) as client:
         created = await create_session(client, participation="reactive")
         host, port = server.base_url.removeprefix("http://").split(":")

@@ -24,7 +24,7 @@ from schemathesis.engine.recorder import ScenarioRecorder
 from schemathesis.openapi import from_dict
 
 from engine.llm.mock import MockLLM
-from server.wire import RESERVED_TOKENS
+from server.conversions import RESERVED_TOKENS
 from tests.integration.conftest import RunningServer, create_session
 
 CONFIG_PATH = Path(__file__).parents[2] / "schemathesis.toml"

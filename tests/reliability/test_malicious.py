@@ -32,6 +32,7 @@ import yaml
 
 from engine.events import parse_event
 from engine.llm.mock import MockLLM, MockReply
+from engine.spec.reading import MAX_SPEC_DEPTH
 from tests.integration.conftest import (
     Event,
     RunningServer,
@@ -266,7 +267,7 @@ async def test_yaml_anchors_and_aliases_are_refused_before_anything_expands(
 async def test_nesting_beyond_max_spec_depth_is_refused_and_the_limit_itself_accepted(
     server: RunningServer, client: httpx.AsyncClient, content_type: str, kind: str
 ) -> None:
-    limit = server.settings.max_spec_depth
+    limit = MAX_SPEC_DEPTH
     build = nested_lists if kind == "lists" else nested_mappings
 
     def document(levels: int) -> str:

@@ -14,6 +14,8 @@ from engine.session import Member
 from engine.spec.models import SessionSpec
 
 WAIT_SECONDS = 20.0  # upper bound for a wait to fail rather than hang; not a speed check
+# Housekeeping (time limits, idle sessions) every 50 ms, so tests of those limits are quick.
+FAST_HOUSEKEEPING = 0.05
 # The SECRET_KEY of test servers (make run writes a random one into .env).
 TEST_SECRET_KEY = "c2VjcmV0LWtleS1vZi10aGUtdGVzdC1zZXJ2ZXJzISE="
 
@@ -27,7 +29,6 @@ def make_settings(tmp_path: Path, base_url: str, **overrides: Any) -> Settings:
         "log_dir": tmp_path / "logs",
         "llm_retries": 0,
         "llm_retry_delay": 0.0,
-        "housekeeping_interval": 0.05,
         "secret_key": TEST_SECRET_KEY,
         # The mock's default reply echoes the last message, so a long session repeats
         # itself exactly after two rounds: the duplicate guard is on only in its own tests.

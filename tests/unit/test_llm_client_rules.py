@@ -9,15 +9,13 @@ import pytest
 from pydantic import SecretStr
 
 from engine.config import Settings, load_settings
-from engine.llm.client import (
-    Backend,
-    LLMClient,
-    build_payload,
-    check_backend_url,
-    parse_retry_after,
-)
+from engine.llm.attempts import parse_retry_after
+from engine.llm.client import Backend, LLMClient
 from engine.llm.errors import LLM_HOST_NOT_ALLOWED, BackendNotAllowed, LLMError
+from engine.llm.payload import build_payload
 from engine.llm.types import ChatMessage, ChatRequest, ToolDefinition, ToolFunction
+from engine.llm.url_guard import check_backend_url
+from engine.logs import secret_filter
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -120,6 +118,13 @@ def test_an_empty_key_means_no_key() -> None:
     client = LLMClient(make_settings(llm_api_key=""))
 
     assert client.default_backend.api_key is None
+
+
+def test_making_a_client_leaves_the_global_log_filter_alone() -> None:
+    # The server registers LLM_API_KEY when it sets up logging; a constructor must not.
+    LLMClient(make_settings(llm_api_key="plain-key-only-this-test-uses"))
+
+    assert secret_filter.redact("plain-key-only-this-test-uses") == "plain-key-only-this-test-uses"
 
 
 def test_display_url_drops_credentials_and_query() -> None:

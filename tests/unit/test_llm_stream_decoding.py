@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.llm.backend_replies import WireFunction, WireToolCall
 from engine.llm.stream import ThinkSplitter, ToolCallAssembler, split_think, sse_data
 from engine.llm.types import ToolCall
-from engine.llm.wire import WireFunction, WireToolCall
 
 
 def feed_in_pieces(text: str, cuts: list[int]) -> tuple[str, str]:

@@ -25,7 +25,7 @@ from engine.events import HistoryEvent, StateChanged, TalkerMessage, parse_event
 from engine.history import Message
 from engine.hub import Frame, LocalHub, Subscription
 from engine.store.base import EventRecord, SessionRecord, Store
-from engine.store.memory import MemoryStore
+from engine.store.in_memory import MemoryStore
 from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 

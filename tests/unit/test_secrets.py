@@ -14,7 +14,7 @@ from engine.config import ConfigError, load_settings
 from engine.errors import SecretKeyMissing, SecretUnreadable
 from engine.spec.models import SECRET_FIELDS
 from engine.store.base import SessionRecord
-from engine.store.memory import MemoryStore
+from engine.store.in_memory import MemoryStore
 from engine.store.secrets import (
     SealedSecret,
     SecretBox,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from engine.config import Settings, load_settings
 from engine.errors import BadRequest, PayloadTooLarge
-from engine.spec import loader
+from engine.spec import checking
 from engine.spec.loader import (
     InvalidSpec,
     MalformedSpec,
@@ -453,7 +453,7 @@ def test_non_string_yaml_keys_are_unknown_keys() -> None:
 
 
 def test_not_implemented_option_yields_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loader, "NOT_IMPLEMENTED_OPTIONS", frozenset({"stream_tokens"}))
+    monkeypatch.setattr(checking, "NOT_IMPLEMENTED_OPTIONS", frozenset({"stream_tokens"}))
     result = load("bots:\n  - name: A\noptions:\n  stream_tokens: true\n")
     assert result.spec is not None and result.spec.options.stream_tokens is True
     assert [(w.path, w.line) for w in result.warnings] == [("options.stream_tokens", 4)]
@@ -461,7 +461,7 @@ def test_not_implemented_option_yields_a_warning(monkeypatch: pytest.MonkeyPatch
 
 
 def test_unset_not_implemented_option_is_not_mentioned(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loader, "NOT_IMPLEMENTED_OPTIONS", frozenset({"stream_tokens"}))
+    monkeypatch.setattr(checking, "NOT_IMPLEMENTED_OPTIONS", frozenset({"stream_tokens"}))
     assert load("bots:\n  - name: A\n").warnings == []
 
 
@@ -575,7 +575,7 @@ def test_an_internal_bug_becomes_an_error_result_not_a_crash(
     def broken(clean: dict[str, Any]) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(loader, "_validate_models", broken)
+    monkeypatch.setattr(checking, "_validate_models", broken)
     with caplog.at_level(logging.ERROR, logger="engine.spec"):
         result = load(GOOD_YAML)
     assert result.status_hint == "malformed"

@@ -21,7 +21,7 @@ import pytest
 from engine.history import Message
 from engine.llm.types import Usage
 from engine.store.base import EventRecord, SessionRecord, StorageError, Store
-from engine.store.memory import MemoryStore
+from engine.store.in_memory import MemoryStore
 from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 
