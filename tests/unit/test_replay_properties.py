@@ -82,11 +82,16 @@ class ModelServer:
         return HistoryEvent(messages=list(self.history))
 
     def say(self, text: str) -> None:
+        self.commits.append(asyncio.create_task(self._say(text)))
+
+    async def _say(self, text: str) -> None:
+        # As `Session.commit` does: the history changes in the same step as the write is
+        # queued, so no member can join between the two (and see the message twice).
         turn = len(self.history) + 1
         message = Message(turn=turn, kind="talker", speaker="Dana", content=text, ts=T0)
         self.history.append(message)
         event = TalkerMessage(talker="Dana", talker_id="t", turn=turn, content=text)
-        self.commits.append(asyncio.create_task(self.hub.commit(message, [event])))
+        await self.hub.commit(message, [event])
 
     def note(self) -> None:
         self.hub.publish(StateChanged(state="idle"))
