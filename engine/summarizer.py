@@ -24,8 +24,8 @@ from typing import Final, Literal
 import tiktoken
 from pydantic import BaseModel, Field
 
+from engine.errors import LLMError
 from engine.history import Message
-from engine.llm.errors import LLMError
 from engine.llm.types import ChatMessage, ChatRequest
 from engine.prompts import speaker_line
 from engine.session import Session

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from engine.config import Settings
 from engine.context import select_context
-from engine.errors import BackendTemplateMismatch, EmptyReply, FellowshipError
+from engine.errors import BackendTemplateMismatch, EmptyReply, FellowshipError, LLMError
 from engine.events import TokenEvent, TokenReset
 from engine.history import Message, add_usage
 from engine.hygiene import (
@@ -23,7 +23,6 @@ from engine.hygiene import (
     recitals_of,
 )
 from engine.llm.client import RetryNotice
-from engine.llm.errors import LLMError
 from engine.llm.types import ChatMessage, ChatRequest, Completion, Usage
 from engine.prompts import PromptParts, build_prompt, stop_sequences, system_prompt
 from engine.rectifier import Slot

@@ -17,8 +17,7 @@ from datetime import UTC, datetime
 import httpx
 from pydantic import ValidationError
 
-from engine.llm.backend_replies import WireErrorBody
-from engine.llm.errors import (
+from engine.errors import (
     LLM_BAD_RESPONSE,
     LLM_CONNECTION,
     LLM_RATE_LIMITED,
@@ -28,6 +27,7 @@ from engine.llm.errors import (
     RETRYABLE_CODES,
     LLMError,
 )
+from engine.llm.backend_replies import WireErrorBody
 from engine.llm.types import ToolCall, Usage
 
 

@@ -43,6 +43,13 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from engine.config import Settings
+from engine.errors import (
+    LLM_BAD_RESPONSE,
+    LLM_SECRET_UNREADABLE,
+    LLM_SERVER_ERROR,
+    LLM_TIMEOUT,
+    LLMError,
+)
 from engine.llm.attempts import (
     AttemptFailed,
     Progress,
@@ -51,13 +58,6 @@ from engine.llm.attempts import (
     transport_failure,
 )
 from engine.llm.backend_replies import WireMessage, WireResponse
-from engine.llm.errors import (
-    LLM_BAD_RESPONSE,
-    LLM_SECRET_UNREADABLE,
-    LLM_SERVER_ERROR,
-    LLM_TIMEOUT,
-    LLMError,
-)
 from engine.llm.limiter import Limiter, LimiterFactory, local_limiter
 from engine.llm.payload import build_payload
 from engine.llm.stream import ThinkSplitter, ToolCallAssembler, split_think, sse_data

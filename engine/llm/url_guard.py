@@ -12,7 +12,7 @@ from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 from engine.config import Settings
-from engine.llm.errors import BackendNotAllowed
+from engine.errors import BackendNotAllowed
 
 _SCHEMES: Final = ("http", "https")
 

@@ -12,7 +12,7 @@ from typing import Final
 
 from pydantic import BaseModel, Field
 
-from engine.llm.errors import LLM_REJECTED, LLMError
+from engine.errors import LLM_REJECTED, LLMError
 from engine.llm.types import ChatRequest, Completion
 from engine.orchestrator.prompt import corrected, orchestrator_request
 from engine.orchestrator.reading import Action, Reading, Rung, read_reply, read_structured

@@ -9,8 +9,7 @@ from email.utils import format_datetime
 import pytest
 from pydantic import SecretStr
 
-from engine.llm.client import LLMClient, RetryNotice
-from engine.llm.errors import (
+from engine.errors import (
     LLM_BAD_RESPONSE,
     LLM_CONNECTION,
     LLM_RATE_LIMITED,
@@ -19,6 +18,7 @@ from engine.llm.errors import (
     LLM_TIMEOUT,
     LLMError,
 )
+from engine.llm.client import LLMClient, RetryNotice
 from engine.llm.mock import Fault, MockLLM, MockReply
 from tests.integration.llm_fixtures import (
     EXPECTED_TEXT,

@@ -14,7 +14,7 @@ import pytest
 
 from engine.llm.mock import Fault, MockLLM, MockReply
 from engine.manager import SessionManager
-from engine.orchestrator import ORCHESTRATOR_STRUCTURED_MAX_TOKENS
+from engine.orchestrator.prompt import ORCHESTRATOR_STRUCTURED_MAX_TOKENS
 from engine.session import Session
 from engine.speakers import Decision
 from engine.spec.models import SessionSpec

@@ -32,9 +32,9 @@ import pytest
 from pydantic import BaseModel, Field, SecretStr
 
 from engine.config import Settings
+from engine.errors import LLMError
 from engine.events import BaseEvent
 from engine.llm.client import Backend, LLMClient, RetryCallback, TokenCallback
-from engine.llm.errors import LLMError
 from engine.llm.types import ChatRequest, Completion
 from engine.manager import Handle, SessionManager
 from engine.spec.models import SessionSpec

@@ -9,9 +9,9 @@ import pytest
 from pydantic import SecretStr
 
 from engine.config import Settings, load_settings
+from engine.errors import LLM_HOST_NOT_ALLOWED, BackendNotAllowed, LLMError
 from engine.llm.attempts import parse_retry_after
 from engine.llm.client import Backend, LLMClient
-from engine.llm.errors import LLM_HOST_NOT_ALLOWED, BackendNotAllowed, LLMError
 from engine.llm.payload import build_payload
 from engine.llm.types import ChatMessage, ChatRequest, ToolDefinition, ToolFunction
 from engine.llm.url_guard import check_backend_url
