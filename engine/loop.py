@@ -88,7 +88,9 @@ class SessionLoop:
         self._ending: asyncio.Task[None] | None = None
         self._end_reason = ""
         # A session restored from the store starts where it was left: paused or ended.
-        self.chart = SessionChart(self, start=restored)
+        # An ended one only needs its chart to refuse a command, so it is built then:
+        # restarts with many ended sessions stay fast.
+        self._chart = None if restored == "ended" else SessionChart(self, start=restored)
         session.loop_state = self.loop_state
         self._work: dict[str, Callable[[], Awaitable[None]]] = {
             "idle": self._idle,
@@ -102,14 +104,21 @@ class SessionLoop:
 
     # --- reading ----------
     @property
+    def chart(self) -> SessionChart:
+        """The session's chart (built on first use for a session restored as ended)."""
+        if self._chart is None:
+            self._chart = SessionChart(self, start="ended")
+        return self._chart
+
+    @property
     def state(self) -> str:
         """The session as clients see it: "active", "paused" or "ended"."""
-        return self.chart.lifecycle
+        return "ended" if self._chart is None else self._chart.lifecycle
 
     @property
     def loop_state(self) -> str:
         """What the loop is doing (the `state` event's value)."""
-        return self.chart.loop
+        return "ended" if self._chart is None else self._chart.loop
 
     # --- task ----------
     def start(self) -> None:
