@@ -12,13 +12,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engine.errors import BackendNotAllowed
+from engine.llm.url_guard import check_url_host
 from engine.structured import StructuredSetting
 
 CommaList = Annotated[list[str], NoDecode]
@@ -44,6 +57,59 @@ def _blank_is_unset(value: object) -> object:
 
 
 OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_unset)]
+
+BACKEND_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+"""What a name in `LLM_BACKENDS` looks like: a short word a spec can say (`backend: qwen`)."""
+
+RESERVED_BACKEND_NAME: Final = "default"
+"""Not a name in `LLM_BACKENDS`: status calls the server's own backend so."""
+
+
+class NamedBackend(BaseModel):
+    """One entry of `LLM_BACKENDS`: another OpenAI-compatible server bots may speak through."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = Field(min_length=1, description="Base URL of the server (ends in /v1).")
+    api_key: SecretStr | None = Field(
+        None, description="Bearer key for it; never logged or returned."
+    )
+    model: str | None = Field(
+        None,
+        description="Model its calls ask for when the spec names none (else the server's "
+        "DEFAULT_BOT_MODEL / DEFAULT_ORCHESTRATOR_MODEL).",
+    )
+
+    @field_validator("api_key", "model", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return _blank_is_unset(value)
+
+
+def _parse_backends(value: object) -> object:
+    """`LLM_BACKENDS` as .env gives it: a JSON object of name -> URL or name -> settings."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            # Only the position: the text may hold a key.
+            raise ValueError(
+                f"must be a JSON object (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+            ) from None
+    if not isinstance(value, dict):
+        raise ValueError('must be a JSON object such as {"qwen": "http://127.0.0.1:8001/v1"}')
+    # A bare URL is the short form of {"base_url": URL}.
+    return {
+        name: {"base_url": entry} if isinstance(entry, str) else entry
+        for name, entry in value.items()
+    }
+
+
+Backends = Annotated[dict[str, NamedBackend], NoDecode, BeforeValidator(_parse_backends)]
 
 
 class Settings(BaseSettings):
@@ -98,7 +164,15 @@ class Settings(BaseSettings):
     )
     allowed_llm_hosts: CommaList = Field(
         default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
-        description="Hosts a session's llm.base_url may point to (comma-separated).",
+        description="Hosts a session's llm.base_url and LLM_BACKENDS may point to "
+        "(comma-separated).",
+    )
+    llm_backends: Backends = Field(
+        default_factory=dict,
+        description="Named backends a spec may choose per bot (`backend: NAME`), for the "
+        "orchestrator and for summaries: a JSON object of name -> base URL, or name -> "
+        '{"base_url", "api_key", "model"}. Hosts must be in ALLOWED_LLM_HOSTS; keys are '
+        "secrets.",
     )
     llm_stream_include_usage: bool = Field(
         True,
@@ -355,6 +429,31 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("llm_backends")
+    @classmethod
+    def _check_backends(
+        cls, backends: dict[str, NamedBackend], info: ValidationInfo
+    ) -> dict[str, NamedBackend]:
+        for name in backends:
+            if name == RESERVED_BACKEND_NAME:
+                raise ValueError(f"{name!r} is reserved for the server's own backend")
+            if not re.fullmatch(BACKEND_NAME_PATTERN, name):
+                raise ValueError(
+                    f"backend name {name!r} must be 1 to 64 letters, digits, - or _ "
+                    "(starting with a letter or digit)"
+                )
+        # The SSRF guard a session's own llm.base_url passes, checked once at start-up, so
+        # that a mistyped or injected entry stops the server instead of sending calls.
+        allowed = info.data.get("allowed_llm_hosts", [])
+        checked: dict[str, NamedBackend] = {}
+        for name, backend in backends.items():
+            try:
+                url = check_url_host(backend.base_url, allowed)
+            except BackendNotAllowed as exc:
+                raise ValueError(f"backend {name!r}: {exc.message}") from None
+            checked[name] = backend.model_copy(update={"base_url": url})
+        return checked
 
     @field_validator("database_url")
     @classmethod

@@ -36,6 +36,7 @@ from engine.events import (
 )
 from engine.history import Message
 from engine.hub import CLOSE_SESSION_ENDED
+from engine.llm.client import Backend
 from engine.outage import answers, is_outage, outage_notice, retry_delays
 from engine.rectifier import Slot
 from engine.session import Member, Session
@@ -200,32 +201,36 @@ class SessionLoop:
     async def _run_turn(self) -> None:
         # A turn retried after an internal error keeps the slot it reserved.
         slot = self._slot or await self._dispatch()
-        outcome = await run_turn(self.session.turn_view(), slot, self.template_watch)
-        if await is_outage(outcome.error, self.session.backend, self.session.deps.settings):
-            outcome = await self._wait_out_outage(slot, outcome)
+        view = self.session.turn_view()
+        outcome = await run_turn(view, slot, self.template_watch)
+        backend = view.backend_for("bot", slot.bot)
+        if await is_outage(outcome.error, backend, self.session.deps.settings):
+            outcome = await self._wait_out_outage(slot, outcome, backend)
         await self._settle(slot, outcome)
         self._after_bot_turn = True
 
-    async def _wait_out_outage(self, slot: Slot, outcome: TurnOutcome) -> TurnOutcome:
-        """The backend is down: say so once, then try the turn again whenever it answers.
+    async def _wait_out_outage(
+        self, slot: Slot, outcome: TurnOutcome, backend: Backend
+    ) -> TurnOutcome:
+        """The bot's backend is down: say so once, then try the turn again whenever it answers.
 
         The slot stays reserved meanwhile. A pause gives the turn up (a tombstone, with no
         second error); ending the session cancels this wait like any other.
         """
         session = self.session
         assert outcome.error is not None
-        notice = outage_notice(outcome.error, session.backend)
+        notice = outage_notice(outcome.error, backend)
         session.log.warning("%s", notice.message)
         session.emit(ErrorEvent(message=notice.message, code=notice.code, turn=slot.turn))
         # Kept in status meanwhile, for members who connect after the one notice.
         session.outage = notice.message
         try:
-            return await self._retry_until_answered(slot, outcome, notice)
+            return await self._retry_until_answered(slot, outcome, notice, backend)
         finally:
             session.outage = None
 
     async def _retry_until_answered(
-        self, slot: Slot, outcome: TurnOutcome, notice: FellowshipError
+        self, slot: Slot, outcome: TurnOutcome, notice: FellowshipError, backend: Backend
     ) -> TurnOutcome:
         session = self.session
         settings = session.deps.settings
@@ -235,11 +240,11 @@ class SessionLoop:
                 session.emit(TokenReset(bot=slot.bot, turn=slot.turn))
             if not await self._sleep_unless_paused(next(delays)):
                 return TurnOutcome(error=notice, reported=True)
-            if not await answers(session.backend, settings):
+            if not await answers(backend, settings):
                 outcome = TurnOutcome(error=outcome.error)
                 continue
             outcome = await run_turn(session.turn_view(), slot, self.template_watch)
-            if not await is_outage(outcome.error, session.backend, settings):
+            if not await is_outage(outcome.error, backend, settings):
                 session.log.info("the LLM backend answers again")
                 return outcome
 

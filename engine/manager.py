@@ -27,17 +27,23 @@ from engine.events import MemberRole
 from engine.history import Message
 from engine.housekeeping import HOUSEKEEPING_INTERVAL, Housekeeper
 from engine.hub import CLOSE_SHUTDOWN, HubFactory, local_hub
-from engine.llm.client import Backend, LLMClient
+from engine.llm.client import Backend, LLMClient, named_backend
 from engine.llm.protocol import ChatClient
 from engine.loop import SessionLoop
 from engine.memory import write_memory
 from engine.orchestrator import Orchestrator
 from engine.registry import Handle, SessionRegistry
 from engine.restore import Restored, restore_all
-from engine.session import EngineDeps, Member, Session
+from engine.session import EngineDeps, Member, Session, spec_backends
 from engine.spec.loader import InvalidSpec, SpecIssue
 from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SECRET_FIELDS, SessionSpec
-from engine.status import LimitReport, MemberCounts, SessionStatus, TokenReport
+from engine.status import (
+    BackendReport,
+    LimitReport,
+    MemberCounts,
+    SessionStatus,
+    TokenReport,
+)
 from engine.store.base import SessionRecord, Store
 from engine.store.in_memory import MemoryStore
 from engine.store.secrets import SecretBox, seal_secrets, seal_stored
@@ -137,6 +143,7 @@ class SessionManager:
         if self.live_sessions() >= self.settings.max_sessions:
             raise TooManySessions("too many sessions are running; try again later")
         backend = self._backend_for(spec)
+        backends = self._named_backends(spec)
         memory = await self._inherited_memory(spec)
         token, observer_token = mint_token("full"), mint_token("observer")
         session_id = secrets.token_hex(SESSION_ID_BYTES)
@@ -149,7 +156,14 @@ class SessionManager:
             created_at=self.deps.clock.now(),
             warnings=list(warnings or []),
         )
-        session = Session(record=record, spec=spec, deps=self.deps, backend=backend, memory=memory)
+        session = Session(
+            record=record,
+            spec=spec,
+            deps=self.deps,
+            backend=backend,
+            backends=backends,
+            memory=memory,
+        )
         await session.save()
         if memory is not None:
             # The chain's memory so far; it replaces the earlier session's token in storage.
@@ -183,13 +197,29 @@ class SessionManager:
         return loop
 
     def _backend_for(self, spec: SessionSpec) -> Backend:
+        """The session's own backend: `llm.backend`, else `llm.base_url`, else the default."""
         llm = spec.llm
+        if llm is not None and llm.backend is not None:
+            named = named_backend(self.settings, llm.backend)
+            if named is None:
+                raise _refuse("llm.backend", f"unknown backend {llm.backend!r}")
+            return named
         try:
             return self.deps.llm.resolve_backend(
                 llm.base_url if llm else None, llm.api_key if llm else None
             )
         except FellowshipError as exc:
             raise _refuse("llm.base_url", exc.message) from None
+
+    def _named_backends(self, spec: SessionSpec) -> dict[str, Backend]:
+        """The LLM_BACKENDS the spec names; spec checking refused unknown names already,
+        so a miss here is a spec made in code (or LLM_BACKENDS changed under it)."""
+        backends, missing = spec_backends(spec, self.settings)
+        if missing:
+            raise InvalidSpec(
+                [SpecIssue(path=path, message="unknown backend (LLM_BACKENDS)") for path in missing]
+            )
+        return backends
 
     async def _inherited_memory(self, spec: SessionSpec) -> str | None:
         token = spec.options.memory_token
@@ -252,6 +282,7 @@ class SessionManager:
                 max_context_tokens=session.context_limit,
                 ttl=session.ttl,
             ),
+            backends=_backend_report(session),
             backend_outage=session.outage,
             warnings=_with_backend_warning(record.warnings, session.backend),
         )
@@ -357,6 +388,24 @@ def _secret_box(settings: Settings, store: Store) -> SecretBox:
     if settings.secret_key or store.durable:
         return SecretBox.from_settings(settings)
     return SecretBox.ephemeral()
+
+
+def _backend_report(session: Session) -> BackendReport:
+    """Names of the backends a session uses: LLM_BACKENDS names, `default` or `llm.base_url`."""
+    llm = session.spec.llm
+    own = session.backend.name or ("llm.base_url" if llm and llm.base_url else "default")
+    view = session.turn_view()
+
+    def label(backend: Backend) -> str:
+        # Only the session's own backend can be unnamed.
+        return backend.name or own
+
+    return BackendReport(
+        session=own,
+        bots={name: label(view.backend_for("bot", name)) for name in session.bot_names},
+        orchestrator=label(view.backend_for("orchestrator")),
+        summarizer=label(view.backend_for("summary")),
+    )
 
 
 def _with_backend_warning(warnings: list[str], backend: Backend) -> list[str]:

@@ -21,10 +21,9 @@ from engine.errors import FellowshipError, SecretUnreadable, ServerRestarted
 from engine.events import BaseEvent, ErrorEvent, SessionPaused
 from engine.history import History, Message
 from engine.hub import Frame
-from engine.llm.client import Backend
-from engine.llm.protocol import ChatClient
+from engine.llm.client import Backend, named_backend
 from engine.loop import SessionLoop
-from engine.session import EngineDeps, Session
+from engine.session import EngineDeps, Session, spec_backends
 from engine.spec.models import SECRET_FIELDS, SessionSpec
 from engine.store.base import SessionRecord, StoredSession
 from engine.store.secrets import SecretBox, open_secrets
@@ -66,11 +65,21 @@ async def restore_session(
         bot_turns = sum(1 for m in stored.messages if m.kind == "bot")
         record = record.model_copy(update={"bot_turns": bot_turns})
     spec, unreadable = stored_spec(record, secret_box)
+    backends, missing = spec_backends(spec, deps.settings)
+    if missing and not ended:
+        # LLM_BACKENDS lost a name since: those calls go to the session's own backend.
+        log.warning(
+            "session %s names backends this server no longer has (%s); their calls go "
+            "to the session's own backend",
+            record.id,
+            ", ".join(missing),
+        )
     session = Session(
         record=record,
         spec=spec,
         deps=deps,
-        backend=_stored_backend(deps.llm, spec, unreadable),
+        backend=_stored_backend(deps, spec, unreadable),
+        backends=backends,
         history=History(stored.messages),
         memory=stored.memory if spec.options.memory_mode == "inherit" else None,
     )
@@ -113,9 +122,15 @@ def stored_spec(
 
 
 def _stored_backend(
-    llm: ChatClient, spec: SessionSpec, unreadable: SecretUnreadable | None
+    deps: EngineDeps, spec: SessionSpec, unreadable: SecretUnreadable | None
 ) -> Backend:
-    # A backend allowed at creation may be disallowed now: fall back to the default.
+    llm = deps.llm
+    name = spec.llm.backend if spec.llm else None
+    named = named_backend(deps.settings, name) if name else None
+    if named is not None:
+        return named  # its key is the server's, not the stored spec's
+    # A backend allowed at creation may be disallowed now, a name gone from LLM_BACKENDS:
+    # fall back to the default.
     try:
         backend = llm.resolve_backend(
             spec.llm.base_url if spec.llm else None, spec.llm.api_key if spec.llm else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,11 +30,12 @@ from engine.events import (
 )
 from engine.history import History, Message, UsageTotals
 from engine.hub import CLOSE_LEFT, Frame, Hub, HubFactory, HubOptions, Subscription, local_hub
-from engine.llm.client import Backend
+from engine.llm.client import Backend, named_backend
 from engine.llm.protocol import ChatClient
 from engine.logs import SessionLogger, session_logger
 from engine.prompts import PromptParts, system_prompt
 from engine.rectifier import Rectifier
+from engine.spec.issues import format_path
 from engine.spec.models import BotSpec, SessionSpec
 from engine.store.base import EventRecord, SessionRecord, Store
 from engine.tokens import TokenCounter
@@ -59,6 +60,19 @@ class EngineDeps:
     hubs: HubFactory = local_hub
 
 
+def spec_backends(spec: SessionSpec, settings: Settings) -> tuple[dict[str, Backend], list[str]]:
+    """The LLM_BACKENDS the spec names (by name), and the paths of names the server lacks."""
+    found: dict[str, Backend] = {}
+    missing: list[str] = []
+    for loc, name in spec.named_backends():
+        backend = found.get(name) or named_backend(settings, name)
+        if backend is None:
+            missing.append(format_path(loc))
+        else:
+            found[name] = backend
+    return found, missing
+
+
 @dataclass(slots=True)
 class Member:
     """A connected human (or program): a talker or an observer."""
@@ -79,6 +93,7 @@ class Session:
         spec: SessionSpec,
         deps: EngineDeps,
         backend: Backend,
+        backends: Mapping[str, Backend] | None = None,
         history: History | None = None,
         memory: str | None = None,
     ) -> None:
@@ -87,7 +102,8 @@ class Session:
         self.spec = spec
         self.options = spec.options
         self.deps = deps
-        self.backend = backend
+        self.backend = backend  # the session's own: llm.backend, llm.base_url or the default
+        self.backends = dict(backends or {})  # what the spec names per bot or purpose
         self.memory = memory
         self.summary: str | None = None
         self.summary_upto = 0
@@ -180,6 +196,7 @@ class Session:
             debug=self.debug,
             debug_enabled=self.debug_enabled,
             warn=warn,
+            backends=self.backends,
         )
 
     # --- tokens ----------

@@ -36,6 +36,19 @@ class LimitReport(BaseModel):
     ttl: int = Field(description="Idle timeout in seconds.")
 
 
+class BackendReport(BaseModel):
+    """Which backend each part of the session speaks through, by name only.
+
+    A name from the server's LLM_BACKENDS, `default` for the server's own backend
+    (LLM_BASE_URL), or `llm.base_url` for the URL the spec gave. Never a URL or a key.
+    """
+
+    session: str = Field(description="The session's own backend, used where nothing else is named.")
+    bots: dict[str, str] = Field(description="Each bot's backend, by bot name.")
+    orchestrator: str = Field(description="Where orchestrator calls go (orchestrated sessions).")
+    summarizer: str = Field(description="Where summaries and memory are written.")
+
+
 class SessionStatus(BaseModel):
     """State, counters, members, usage and warnings of one session."""
 
@@ -54,6 +67,7 @@ class SessionStatus(BaseModel):
     members: MemberCounts = Field(description="Connected members.")
     tokens: TokenReport = Field(description="Token accounting.")
     limits: LimitReport = Field(description="Limits in force.")
+    backends: BackendReport = Field(description="Which backend each bot and helper uses.")
     backend_outage: str | None = Field(
         None,
         description="While a turn waits for an LLM backend that cannot be reached: why "

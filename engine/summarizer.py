@@ -180,7 +180,7 @@ async def _call(
     for attempt in range(1, CONDENSE_ATTEMPTS + 1):
         try:
             completion = await view.llm.chat(
-                request, backend=view.backend, queue_key=view.session_id
+                request, backend=view.backend_for(purpose), queue_key=view.session_id
             )
         except LLMError as exc:
             view.log.warning("%s call %d failed: %s (%s)", purpose, attempt, exc.code, exc.message)

@@ -11,8 +11,8 @@ the session: a part that has something to keep returns it, and its caller applie
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from engine.config import Settings
@@ -25,7 +25,8 @@ from engine.logs import SessionLogger
 from engine.spec.models import BotSpec, SessionOptions, SessionSpec
 from engine.tokens import TokenCounter
 
-#: What an LLM call is for; each picks its model in `TurnView.model_for`.
+#: What an LLM call is for; each picks its backend and model in `TurnView.backend_for`
+#: and `TurnView.model_for`.
 Purpose = Literal["bot", "orchestrator", "summary", "memory"]
 
 
@@ -63,6 +64,9 @@ class TurnView:
     debug: DebugSink
     debug_enabled: bool
     warn: Callable[[FellowshipError], None]  # a lasting warning: logged, kept, announced
+    # The LLM_BACKENDS the spec names for a bot, the orchestrator or the summarizer (by
+    # name, resolved when the session was made); `backend` serves everything else.
+    backends: Mapping[str, Backend] = field(default_factory=dict)
 
     @property
     def options(self) -> SessionOptions:
@@ -82,16 +86,66 @@ class TurnView:
         """Complete messages after the summary, up to position `upto` (all when None)."""
         return self.history.visible(upto, after=self.summary_upto)
 
+    def backend_name(self, purpose: Purpose, bot: str | None = None) -> str | None:
+        """The LLM_BACKENDS name the spec gives `purpose` itself, or None for the session's.
+
+        A bot: its `backend`. The orchestrator: `llm.orchestrator_backend`. Summaries and
+        memory: `llm.summarizer_backend`.
+        """
+        llm = self.spec.llm
+        if purpose == "bot":
+            return self.bot(bot).backend if bot is not None else None
+        if llm is None:
+            return None
+        if purpose == "orchestrator":
+            return llm.orchestrator_backend
+        return llm.summarizer_backend
+
+    def backend_for(self, purpose: Purpose, bot: str | None = None) -> Backend:
+        """Where calls for `purpose` go (`bot` names the bot for a bot turn).
+
+        The backend the spec names for that purpose (`backend_name`), else the session's
+        own: `llm.backend`, else `llm.base_url`, else the server's LLM_BASE_URL. A name
+        the server no longer has (a session restored after LLM_BACKENDS changed) falls
+        back to the session's backend.
+        """
+        name = self.backend_name(purpose, bot)
+        chosen = self.backends.get(name) if name is not None else None
+        return chosen or self.backend
+
     def model_for(self, purpose: Purpose, bot: str | None = None) -> str:
         """The model asked for `purpose` (`bot` names the bot for a bot turn).
 
-        A bot: its own `model`, else the spec's `llm.model`, else DEFAULT_BOT_MODEL. The
-        orchestrator: `llm.orchestrator_model`, else DEFAULT_ORCHESTRATOR_MODEL. Summaries
-        and memory: `llm.model`, else DEFAULT_BOT_MODEL.
+        The most specific setting wins:
+
+        - a bot: its own `model`, the `model` of its own backend (LLM_BACKENDS),
+          `llm.model`, the `model` of `llm.backend`, DEFAULT_BOT_MODEL;
+        - the orchestrator: `llm.orchestrator_model`, the model of
+          `llm.orchestrator_backend`, the model of `llm.backend`, DEFAULT_ORCHESTRATOR_MODEL;
+        - summaries and memory: the model of `llm.summarizer_backend`, `llm.model`, the
+          model of `llm.backend`, DEFAULT_BOT_MODEL.
         """
         llm = self.spec.llm
+        own_backend = self._model_of(self.backend_name(purpose, bot))
+        session_backend = self._model_of(llm.backend if llm else None)
         if purpose == "orchestrator":
             chosen = llm.orchestrator_model if llm else None
-            return chosen or self.settings.default_orchestrator_model
+            return (
+                chosen
+                or own_backend
+                or session_backend
+                or self.settings.default_orchestrator_model
+            )
         own = self.bot(bot).model if purpose == "bot" and bot is not None else None
-        return own or (llm.model if llm else None) or self.settings.default_bot_model
+        return (
+            own
+            or own_backend
+            or (llm.model if llm else None)
+            or session_backend
+            or self.settings.default_bot_model
+        )
+
+    def _model_of(self, name: str | None) -> str | None:
+        """The model LLM_BACKENDS gives the backend called `name`, if any."""
+        backend = self.backends.get(name) if name is not None else None
+        return backend.model if backend is not None else None

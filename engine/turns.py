@@ -198,7 +198,7 @@ async def _generate(
     try:
         completion = await view.llm.chat(
             request,
-            backend=view.backend,
+            backend=view.backend_for("bot", slot.bot),
             on_token=on_token if request.stream else None,
             on_retry=on_retry,
             queue_key=view.session_id,

@@ -113,8 +113,9 @@ async def create_session() -> Response:
     The schema below is this server's (MAX_BOTS_PER_SESSION and MAX_PROMPT_CHARS are
     filled in), yet a body that fits it can still be refused with 422 for the rules a
     JSON Schema cannot state: bot names unique ignoring case, `memory: inherit:<token>`
-    naming an existing session (by its full token), and `llm.base_url` pointing to a
-    host in ALLOWED_LLM_HOSTS with a valid port.
+    naming an existing session (by its full token), `llm.base_url` pointing to a
+    host in ALLOWED_LLM_HOSTS with a valid port, and every `backend` name being one of
+    the server's LLM_BACKENDS.
     """
     state = current_state()
     settings = state.settings
@@ -130,7 +131,7 @@ async def create_session() -> Response:
     else:
         result = load_spec(body, content_type=content_type, settings=settings)
     spec = result.raise_for_errors()
-    if spec.llm is None or spec.llm.base_url is None:
+    if spec.uses_default_backend():
         refusal = state.backend.refusal()
         if refusal is not None:
             raise refusal

@@ -26,7 +26,8 @@ flight per backend, granted in arrival order across all sessions.
   After the last try one `LLMError` is raised whose `code` says what went wrong.
 - The API key is sent as `Authorization: Bearer …` only when one is set, and never
   appears in an error message (redacted here) or a log line (the server registers
-  `LLM_API_KEY` with the log filter when it sets up logging). A backend whose stored
+  `LLM_API_KEY` and the keys of `LLM_BACKENDS` with the log filter when it sets up
+  logging). A backend whose stored
   key could not be decrypted (`Backend.unreadable_key`) is never called:
   `secret_unreadable` at once.
 """
@@ -93,11 +94,33 @@ class Backend(BaseModel):
         description="Why this backend's key cannot be had (its stored copy does not "
         "decrypt): every call then fails at once with `secret_unreadable`, sending nothing.",
     )
+    name: str | None = Field(
+        None, description="Its name in LLM_BACKENDS; None for the default or a spec's own URL."
+    )
+    model: str | None = Field(
+        None, description="The model LLM_BACKENDS gives it, for calls whose spec names none."
+    )
 
     @property
     def display_url(self) -> str:
         """The base URL without user info, query or fragment: safe for logs and messages."""
         return display_url(self.base_url)
+
+
+def named_backend(settings: Settings, name: str) -> Backend | None:
+    """The backend `name` stands for in `LLM_BACKENDS`, or None when there is none.
+
+    Its URL passed the SSRF guard when the settings were loaded.
+    """
+    entry = settings.llm_backends.get(name)
+    if entry is None:
+        return None
+    return Backend(
+        base_url=normalise_url(entry.base_url),
+        api_key=_key(entry.api_key),
+        name=name,
+        model=entry.model,
+    )
 
 
 class RetryNotice(BaseModel):

@@ -8,11 +8,14 @@ query and fragment, where credentials may hide.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from engine.config import Settings
 from engine.errors import BackendNotAllowed
+
+if TYPE_CHECKING:  # engine.config checks LLM_BACKENDS with this module at load time
+    from engine.config import Settings
 
 _SCHEMES: Final = ("http", "https")
 
@@ -23,6 +26,15 @@ def check_backend_url(url: str, settings: Settings) -> str:
     The scheme must be http or https and the host must be listed in
     `ALLOWED_LLM_HOSTS` (exact, case-insensitive match; IPv6 written without brackets).
     Raises `BackendNotAllowed` otherwise; its message names the host, never a key.
+    """
+    return check_url_host(url, settings.allowed_llm_hosts)
+
+
+def check_url_host(url: str, allowed_hosts: Iterable[str]) -> str:
+    """The SSRF guard against a list of allowed hosts (`check_backend_url` without settings).
+
+    The named backends of `LLM_BACKENDS` pass it at start-up, the same as a session's
+    `llm.base_url` does at creation.
     """
     try:
         parts = urlsplit(url.strip())
@@ -36,7 +48,7 @@ def check_backend_url(url: str, settings: Settings) -> str:
     host = (parts.hostname or "").lower()
     if not host:
         raise BackendNotAllowed("the LLM base URL has no host")
-    allowed = {entry.strip().strip("[]").lower() for entry in settings.allowed_llm_hosts}
+    allowed = {entry.strip().strip("[]").lower() for entry in allowed_hosts}
     if host not in allowed:
         raise BackendNotAllowed(
             f"LLM host {host!r} is not allowed; the server admin can add it to ALLOWED_LLM_HOSTS"

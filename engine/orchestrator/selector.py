@@ -112,7 +112,8 @@ class Orchestrator:
 
 async def _ask(view: TurnView, request: ChatRequest, errors: list[str]) -> Completion | None:
     try:
-        return await view.llm.chat(request, backend=view.backend, queue_key=view.session_id)
+        backend = view.backend_for("orchestrator")
+        return await view.llm.chat(request, backend=backend, queue_key=view.session_id)
     except LLMError as exc:
         view.log.warning("orchestrator call failed: %s (%s)", exc.code, exc.message)
         errors.append(exc.code)
@@ -145,7 +146,7 @@ def _read(completion: Completion | None, menu: Menu) -> Reading | None:
 def structured_way(
     view: TurnView,
 ) -> tuple[StructuredMode, StructuredOutputProbe | None] | None:
-    """How to ask this session's backend for structured output now, or None for not at all.
+    """How to ask the orchestrator's backend for structured output now, or None for not at all.
 
     The spec's `llm.structured_output` wins over `LLM_STRUCTURED_OUTPUT`. A fixed way
     comes without a probe; `auto` comes with the backend's probe, which may have given up.
@@ -156,7 +157,7 @@ def structured_way(
         return None
     if setting != "auto":
         return setting, None
-    probe = view.llm.state_for(view.backend, StructuredOutputProbe)
+    probe = view.llm.state_for(view.backend_for("orchestrator"), StructuredOutputProbe)
     mode = probe.mode()
     return (mode, probe) if mode is not None else None
 
@@ -172,8 +173,9 @@ async def _ask_structured(
     request = orchestrator_request(view, menu, structured=mode)
     refused = False
     reading = None
+    backend = view.backend_for("orchestrator")
     try:
-        completion = await view.llm.chat(request, backend=view.backend, queue_key=view.session_id)
+        completion = await view.llm.chat(request, backend=backend, queue_key=view.session_id)
     except LLMError as exc:
         view.log.warning("structured orchestrator call failed: %s (%s)", exc.code, exc.message)
         errors.append(exc.code)
@@ -186,6 +188,6 @@ async def _ask_structured(
         probe.note(
             usable=reading is not None,
             refused=refused,
-            backend=view.backend.display_url,
+            backend=backend.display_url,
         )
     return reading

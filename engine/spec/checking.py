@@ -250,6 +250,7 @@ def _whole_spec_rules(clean: Mapping[str, Any], settings: Settings) -> list[tupl
                 f"spec has {bot_count} (use round_robin for fewer)",
             )
         )
+    problems.extend(_backend_rules(clean, settings))
     limit = settings.max_prompt_chars
     for loc, text in _text_fields(clean):
         if len(text) > limit:
@@ -257,6 +258,49 @@ def _whole_spec_rules(clean: Mapping[str, Any], settings: Settings) -> list[tupl
                 (loc, f"is too long: {len(text)} characters; at most {limit} (MAX_PROMPT_CHARS)")
             )
     return problems
+
+
+_LLM_BACKEND_FIELDS = ("backend", "orchestrator_backend", "summarizer_backend")
+
+
+def _backend_rules(clean: Mapping[str, Any], settings: Settings) -> list[tuple[Loc, str]]:
+    """Backend names must be in the server's LLM_BACKENDS; `llm.backend` excludes a URL."""
+    named: list[tuple[Loc, object]] = []
+    bots = clean.get("bots")
+    if isinstance(bots, list):
+        named.extend(
+            (("bots", index, "backend"), bot.get("backend"))
+            for index, bot in enumerate(bots)
+            if isinstance(bot, Mapping)
+        )
+    llm = clean.get("llm")
+    if isinstance(llm, Mapping):
+        named.extend((("llm", field), llm.get(field)) for field in _LLM_BACKEND_FIELDS)
+    known = sorted(settings.llm_backends)
+    # Names are no secret (unlike the URLs and keys behind them): saying them helps.
+    offer = (
+        f"this server has: {', '.join(known)} (LLM_BACKENDS)"
+        if known
+        else "this server has no named backends (LLM_BACKENDS is empty)"
+    )
+    problems: list[tuple[Loc, str]] = []
+    for loc, name in named:
+        if isinstance(name, str) and name.strip() and name.strip() not in settings.llm_backends:
+            problems.append((loc, f"unknown backend {name.strip()!r}; {offer}"))
+    if isinstance(llm, Mapping) and _is_set(llm.get("backend")):
+        clashing = [key for key in ("base_url", "api_key") if _is_set(llm.get(key))]
+        if clashing:
+            problems.append(
+                (
+                    ("llm", "backend"),
+                    f"name a backend or give llm.{' and llm.'.join(clashing)}, not both",
+                )
+            )
+    return problems
+
+
+def _is_set(value: object) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
 
 
 def _text_fields(clean: Mapping[str, Any]) -> Iterator[tuple[Loc, str]]:

@@ -32,6 +32,7 @@ from engine.structured import StructuredSetting
 # Both numbers are part of the spec contract (SPEC §2), not tunable server limits.
 BOT_NAME_MAX_CHARS: Final = 64
 ORCHESTRATED_MIN_BOTS: Final = 3
+BACKEND_NAME_MAX_CHARS: Final = 64  # as LLM_BACKENDS allows (engine.config)
 
 Participation = Literal["autonomous", "reactive", "collaborative"]
 TurnOrder = Literal["round_robin", "orchestrated"]
@@ -124,6 +125,11 @@ StrippedLabel = Annotated[
     Annotated[str, StringConstraints(strip_whitespace=True)] | None,
     BeforeValidator(_blank_to_none),
 ]
+# A name from the server's LLM_BACKENDS; whether it is one is checked with the settings.
+_BackendNameText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=BACKEND_NAME_MAX_CHARS)
+]
+BackendName = Annotated[_BackendNameText | None, BeforeValidator(_blank_to_none)]
 
 
 class _SpecModel(BaseModel):
@@ -266,6 +272,12 @@ class BotSpec(_SpecModel):
     max_tokens: Annotated[int, Field(ge=1), Number] | None = Field(
         None,
         description="Longest reply in tokens for this bot. Unset: no limit is sent to the backend.",
+    )
+    backend: BackendName = Field(
+        None,
+        description="Name of one of the server's LLM_BACKENDS this bot speaks through. "
+        "Unset: the session's backend (llm.backend, llm.base_url, else LLM_BASE_URL).",
+        examples=["ollama"],
     )
 
 
@@ -433,6 +445,22 @@ class LLMOverride(_SpecModel):
         description="How the orchestrator asks this backend for a JSON decision: json_schema, "
         "json_object, format (Ollama), off, or auto. Unset: the server's LLM_STRUCTURED_OUTPUT.",
     )
+    backend: BackendName = Field(
+        None,
+        description="Name of one of the server's LLM_BACKENDS for this session's calls, "
+        "instead of base_url and api_key (not together with them).",
+        examples=["vllm"],
+    )
+    orchestrator_backend: BackendName = Field(
+        None,
+        description="Name of one of the server's LLM_BACKENDS for orchestrator calls. "
+        "Unset: the session's backend.",
+    )
+    summarizer_backend: BackendName = Field(
+        None,
+        description="Name of one of the server's LLM_BACKENDS for summaries and memory. "
+        "Unset: the session's backend.",
+    )
 
 
 class SessionSpec(_SpecModel):
@@ -475,6 +503,37 @@ class SessionSpec(_SpecModel):
     llm: LLMOverride | None = Field(
         None, description="Send this session's calls to another backend or model."
     )
+
+    def named_backends(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Every LLM_BACKENDS name the spec uses, with the path of the field that names it."""
+        named: list[tuple[tuple[str | int, ...], str]] = [
+            (("bots", index, "backend"), bot.backend)
+            for index, bot in enumerate(self.bots)
+            if bot.backend is not None
+        ]
+        if self.llm is not None:
+            for field in ("backend", "orchestrator_backend", "summarizer_backend"):
+                name = getattr(self.llm, field)
+                if name is not None:
+                    named.append((("llm", field), name))
+        return named
+
+    def uses_default_backend(self) -> bool:
+        """Whether any call of this session may go to the server's own backend (LLM_BASE_URL).
+
+        Not when the session names a backend of its own (`llm.backend`, `llm.base_url`),
+        nor when every bot, and the orchestrator and summarizer where they run, name one.
+        """
+        llm = self.llm
+        if llm is not None and (llm.backend is not None or llm.base_url is not None):
+            return False
+        if any(bot.backend is None for bot in self.bots):
+            return True
+        options = self.options
+        if options.turn_order == "orchestrated" and (llm is None or not llm.orchestrator_backend):
+            return True
+        summarizes = options.summarize_context or options.memory_mode != "none"
+        return summarizes and (llm is None or not llm.summarizer_backend)
 
     def public_copy(self) -> SessionSpec:
         """This spec with its secrets removed: no API key, inherited token masked."""

@@ -252,6 +252,28 @@ By default every call goes to the server's backend (`LLM_BASE_URL`). A session m
 name another backend here; the server accepts only hosts listed in `ALLOWED_LLM_HOSTS`.
 The API key is never logged and never returned: specs shown back by the API carry
 `api_key: null`.
+
+A server may also offer **named backends** (`LLM_BACKENDS`), whose URLs and keys stay
+on the server: `llm.backend` sends the whole session to one, a bot's own `backend`
+sends that bot's turns to one, and `llm.orchestrator_backend` / `llm.summarizer_backend`
+do the same for the orchestrator and for summaries and memory. A name the server does
+not have is refused with its path (`bots[1].backend: unknown backend ...`), and the
+message lists the names the server has. The most specific choice wins: a bot's
+`backend`, then `llm.backend`, then `llm.base_url`, then `LLM_BASE_URL`. Models follow
+the same rule: a bot's `model`, the `model` the server gives its named backend,
+`llm.model`, the model of `llm.backend`, the server's default. See
+[backends.md](backends.md#several-backends-in-one-session).
+
+```yaml
+llm:
+  orchestrator_backend: vllm
+bots:
+  - name: Alice
+    backend: ollama
+    model: llama3.1:8b
+  - name: Bob
+    backend: vllm
+```
 """
 
 _PLANNED = (

@@ -54,6 +54,10 @@ _EXCHANGE_LINE = re.compile(r"^(\w+)\s+seq \d+")
 # --- specs ------------------------------------------------------------------------------------
 
 
+# The named backends the docs' examples pick (docs/backends.md declares them the same way).
+DOC_BACKENDS = '{"ollama": "http://127.0.0.1:11434/v1", "vllm": "http://127.0.0.1:8001/v1"}'
+
+
 def spec_blocks(pages: Iterable[Path]) -> list[CodeBlock]:
     """YAML blocks that look like a whole session spec (they have a top-level `bots:`)."""
     return [
@@ -67,7 +71,7 @@ def spec_blocks(pages: Iterable[Path]) -> list[CodeBlock]:
 def spec_problems(block: CodeBlock) -> list[str]:
     """Why a spec block does not load cleanly (errors and warnings), or why an
     example marked invalid loads after all."""
-    settings = load_settings(_env_file=None)
+    settings = load_settings(_env_file=None, llm_backends=DOC_BACKENDS)
     result = load_spec(block.text.encode(), content_type="application/yaml", settings=settings)
     where = label(block.path, block.line)
     if INVALID_MARKER in block.text:

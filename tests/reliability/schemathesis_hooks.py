@@ -12,8 +12,9 @@ finding only after confirming that it is one of these two, and nothing else:
   `POST /v1/session/create` with 422 `invalid_spec`, when every problem listed in
   `details` is one of the rules a JSON Schema cannot state (the create route's
   description lists them): bot names unique ignoring case, an `inherit:` token naming
-  an existing session, and `llm.base_url` passing the server's backend guard (host in
-  ALLOWED_LLM_HOSTS, a port that parses).
+  an existing session, `llm.base_url` passing the server's backend guard (host in
+  ALLOWED_LLM_HOSTS, a port that parses), and backend names being in the server's
+  LLM_BACKENDS (`llm.backend` not beside `llm.base_url` or `llm.api_key`).
 
 This file imports nothing from the project, so the CLI can load it from anywhere.
 """
@@ -43,6 +44,8 @@ UNSTATABLE_RULES = (
     (re.compile(r"bots\[\d+\]\.name"), "must be unique"),
     (re.compile(r"options\.memory"), ""),
     (re.compile(r"llm\.base_url"), ""),
+    (re.compile(r"bots\[\d+\]\.backend"), "unknown backend"),
+    (re.compile(r"llm\.(orchestrator_|summarizer_)?backend"), ""),
 )
 
 

@@ -84,3 +84,81 @@ def test_empty_paths_mean_the_default_not_the_current_folder(
     settings = load_settings(_env_file=None)
     assert settings.local_model_path is None
     assert settings.fellowship_real_cache is None
+
+
+# --- LLM_BACKENDS ---------------------------------------------------------------------------
+
+KEY = "sk-vllm-0f3c9a5ecret"
+
+
+def test_llm_backends_is_a_json_object_of_urls_or_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "LLM_BACKENDS",
+        '{"ollama": "http://127.0.0.1:11434/v1/", '
+        '"vllm": {"base_url": "http://localhost:8001/v1", "api_key": "' + KEY + '", '
+        '"model": "Qwen/Qwen2.5-7B-Instruct"}}',
+    )
+    backends = load_settings(_env_file=None).llm_backends
+    assert list(backends) == ["ollama", "vllm"]
+    ollama, vllm = backends["ollama"], backends["vllm"]
+    assert (ollama.base_url, ollama.api_key, ollama.model) == (
+        "http://127.0.0.1:11434/v1",  # normalised as calls are built from it
+        None,
+        None,
+    )
+    assert vllm.api_key is not None and vllm.api_key.get_secret_value() == KEY
+    assert vllm.model == "Qwen/Qwen2.5-7B-Instruct"
+    assert KEY not in repr(backends)
+
+
+def test_llm_backends_in_a_dotenv_file_single_quoted(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text(
+        'LLM_BACKENDS=\'{"a": "http://127.0.0.1:1/v1", "b": {"base_url": "http://[::1]:2/v1"}}\'\n',
+        encoding="utf-8",
+    )
+    backends = load_settings(_env_file=env).llm_backends
+    assert {name: b.base_url for name, b in backends.items()} == {
+        "a": "http://127.0.0.1:1/v1",
+        "b": "http://[::1]:2/v1",
+    }
+
+
+@pytest.mark.parametrize("blank", ["", "  ", "{}"])
+def test_llm_backends_empty_means_none(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    monkeypatch.setenv("LLM_BACKENDS", blank)
+    assert load_settings(_env_file=None).llm_backends == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{"x": "http://llm.example.com/v1"}', "'llm.example.com' is not allowed"),
+        ('{"x": "ftp://127.0.0.1/v1"}', "must use http or https"),
+        ('{"x": {"base_url": "http://127.0.0.1:8/v1", "keys": 1}}', "LLM_BACKENDS.X.KEYS"),
+        ('{"x": {"api_key": "' + KEY + '"}}', "LLM_BACKENDS.X.BASE_URL: Field required"),
+        ('{"default": "http://127.0.0.1:8/v1"}', "reserved for the server's own backend"),
+        ('{"two words": "http://127.0.0.1:8/v1"}', "letters, digits, - or _"),
+        ('["http://127.0.0.1:8/v1"]', "must be a JSON object"),
+        ('{"x": "http://127.0.0.1:8/v1", ' + KEY, "must be a JSON object (line 1"),
+    ],
+)
+def test_llm_backends_mistakes_stop_the_start_without_showing_a_key(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    monkeypatch.setenv("LLM_BACKENDS", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(_env_file=None)
+    message = str(info.value)
+    assert "LLM_BACKENDS" in message and expected in message
+    assert KEY not in message
+
+
+def test_llm_backends_hosts_follow_allowed_llm_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_BACKENDS", '{"far": "https://LLM.example.com/v1"}')
+    monkeypatch.setenv("ALLOWED_LLM_HOSTS", "127.0.0.1,llm.example.com")
+    assert load_settings(_env_file=None).llm_backends["far"].base_url == (
+        "https://LLM.example.com/v1"
+    )

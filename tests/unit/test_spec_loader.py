@@ -581,3 +581,95 @@ def test_an_internal_bug_becomes_an_error_result_not_a_crash(
     assert result.status_hint == "malformed"
     assert only_error(result).message == "the spec could not be read"
     assert any(record.levelno == logging.ERROR for record in caplog.records)
+
+
+# --- backend names ----------------------------------------------------------------------
+
+NAMED = load_settings(
+    _env_file=None,
+    llm_backends='{"ollama": "http://127.0.0.1:11434/v1", "vllm": "http://127.0.0.1:8001/v1"}',
+)
+
+BACKENDS_YAML = """\
+bots:
+  - name: Alice
+    backend: " ollama "
+  - name: Bob
+    backend: qwen
+  - name: Carol
+    backend: ""
+llm:
+  summarizer_backend: VLLM
+"""
+
+
+def test_backend_names_must_be_the_servers_and_are_refused_with_path_and_line() -> None:
+    result = load(BACKENDS_YAML, settings=NAMED)
+    assert result.spec is None
+    known = "this server has: ollama, vllm (LLM_BACKENDS)"
+    assert [(e.path, e.line, e.message) for e in result.errors] == [
+        ("bots[1].backend", 5, f"unknown backend 'qwen'; {known}"),
+        ("llm.summarizer_backend", 9, f"unknown backend 'VLLM'; {known}"),  # names are exact
+    ]
+
+
+def test_known_backend_names_are_trimmed_and_blank_means_unset() -> None:
+    text = BACKENDS_YAML.replace("qwen", "vllm").replace("VLLM", "vllm")
+    spec = load(text, settings=NAMED).raise_for_errors()
+    assert [bot.backend for bot in spec.bots] == ["ollama", "vllm", None]
+    assert spec.named_backends() == [
+        (("bots", 0, "backend"), "ollama"),
+        (("bots", 1, "backend"), "vllm"),
+        (("llm", "summarizer_backend"), "vllm"),
+    ]
+
+
+def test_llm_backend_is_instead_of_a_base_url_and_key_not_beside_them() -> None:
+    body = {
+        "bots": [{"name": "Alice"}],
+        "llm": {"backend": "ollama", "base_url": "http://127.0.0.1:1/v1", "api_key": "sk-x"},
+    }
+    assert errors_by_path(load(json.dumps(body), settings=NAMED)) == {
+        "llm.backend": "name a backend or give llm.base_url and llm.api_key, not both"
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "uses_default"),
+    [
+        ({"bots": [{"name": "A", "backend": "ollama"}, {"name": "B"}]}, True),
+        ({"bots": [{"name": "A", "backend": "ollama"}]}, False),
+        ({"bots": [{"name": "A"}], "llm": {"backend": "vllm"}}, False),
+        ({"bots": [{"name": "A"}], "llm": {"base_url": "http://127.0.0.1:1/v1"}}, False),
+        (
+            {
+                "bots": [{"name": n, "backend": "ollama"} for n in "ABC"],
+                "options": {"turn_order": "orchestrated"},
+            },
+            True,
+        ),
+        (
+            {
+                "bots": [{"name": n, "backend": "ollama"} for n in "ABC"],
+                "options": {"turn_order": "orchestrated"},
+                "llm": {"orchestrator_backend": "vllm"},
+            },
+            False,
+        ),
+        ({"bots": [{"name": "A", "backend": "ollama"}], "options": {"memory": "new"}}, True),
+        (
+            {
+                "bots": [{"name": "A", "backend": "ollama"}],
+                "options": {"summarize_context": True},
+                "llm": {"summarizer_backend": "ollama"},
+            },
+            False,
+        ),
+    ],
+)
+def test_whether_a_spec_needs_the_servers_own_backend(
+    spec: dict[str, Any], uses_default: bool
+) -> None:
+    assert load(json.dumps(spec), settings=NAMED).raise_for_errors().uses_default_backend() is (
+        uses_default
+    )

@@ -119,6 +119,8 @@
       tokens: $("st-tokens"),
       tokensBar: $("st-tokens-bar"),
       members: $("st-members"),
+      backends: $("st-backends"),
+      backendsRow: $("st-backends-row"),
     },
   };
 
@@ -569,6 +571,7 @@
     if (talkers.length) parts.push(`talkers: ${talkers.join(", ")}`);
     parts.push(`${status.members.observers} observer${status.members.observers === 1 ? "" : "s"}`);
     s.members.textContent = parts.join("; ");
+    renderBackends(status);
     renderWarnings(status.warnings);
     if (status.state === "ended") {
       const reason = status.end_reason ? ` (${status.end_reason.replace(/_/g, " ")})` : "";
@@ -578,6 +581,18 @@
       markEnded();
     }
     renderControls();
+  }
+
+  /** Which named backend each bot uses: shown only when a session uses other than the default. */
+  function renderBackends(status) {
+    const b = status.backends;
+    if (!b) return;
+    const parts = Object.entries(b.bots).map(([bot, name]) => `${bot}: ${name}`);
+    if (status.turn_order === "orchestrated") parts.push(`orchestrator: ${b.orchestrator}`);
+    if (b.summarizer !== b.session) parts.push(`summaries: ${b.summarizer}`);
+    const used = new Set([b.session, b.orchestrator, b.summarizer, ...Object.values(b.bots)]);
+    ui.status.backends.textContent = parts.join("; ");
+    show(ui.status.backendsRow, used.size > 1 || b.session !== "default");
   }
 
   function renderWarnings(warnings) {
