@@ -280,6 +280,11 @@ class RedisEvents:
                 log.warning("event %s of %s not published: %s", item.entry_id, item.key, result)
 
     # --- reading ----------
+    async def entries(self, session_id: str) -> list[StreamEntry]:
+        """Every entry a session's stream holds now, oldest first (tests, diagnostics)."""
+        raw: Any = await self.redis.xrange(self.stream_key(session_id))
+        return [StreamEntry.parse(entry_id, fields) for entry_id, fields in raw]
+
     def _register(self, hub: FollowerHub) -> None:
         key = hub.stream_key
         previous = self._followers.get(key)
@@ -353,6 +358,7 @@ class RedisHub(LocalHub):
 
     def __init__(self, events: RedisEvents, options: HubOptions) -> None:
         self._events = events
+        self.session_id = options.session_id
         self.stream_key = events.stream_key(options.session_id)
         self._store = options.persist
         self._stored_upto = options.first_seq  # the last seq the store took

@@ -22,7 +22,7 @@ from engine.hub import (
     Persist,
     Subscription,
 )
-from engine.hub.redis import RedisEvents, RedisHub, StreamEntry
+from engine.hub.redis import RedisEvents, RedisHub
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -66,9 +66,7 @@ async def hubs(request: pytest.FixtureRequest) -> AsyncIterator[HubMaker]:
         await asyncio.gather(*(hub.flushed() for hub in built))
         await events.published()
         for hub in built:
-            entries = await events.redis.xrange(hub.stream_key)
-            linked = [StreamEntry.parse(i, f) for i, f in entries]
-            events_only = [e for e in linked if e.frame is not None]
+            events_only = [e for e in await events.entries(hub.session_id) if e.frame is not None]
             assert all(e.prev == before.seq for before, e in itertools.pairwise(events_only))
             assert all(e.seq <= hub.durable_seq for e in events_only)
     finally:
