@@ -45,6 +45,10 @@ DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
 """How a `DATABASE_URL` may start: both spellings libpq accepts."""
 
 
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+"""How a `REDIS_URL` may start: the schemes redis-py connects to."""
+
+
 class ConfigError(Exception):
     """Raised at start-up when the configuration is invalid; the message says why."""
 
@@ -393,6 +397,17 @@ class Settings(BaseSettings):
         "(postgresql://user:password@host:port/database; empty: SQLite). Its password is "
         "a secret.",
     )
+    redis_url: SecretStr = Field(
+        SecretStr(""),
+        description="Redis that carries a session's events between cluster nodes "
+        "(redis://[:password@]host:port/db, rediss:// with TLS; empty: one process, no "
+        "Redis). Its password is a secret.",
+    )
+    redis_prefix: str = Field(
+        "fellowship:",
+        description="Prefix of every Redis key Fellowship uses, so that several "
+        "deployments can share one Redis.",
+    )
     db_synchronous: Literal["OFF", "NORMAL", "FULL"] = Field(
         "NORMAL",
         description="SQLite synchronous mode. With WAL, NORMAL loses no committed write "
@@ -462,6 +477,15 @@ class Settings(BaseSettings):
         text = url.get_secret_value().strip()
         if text and not text.startswith(DATABASE_URL_SCHEMES):
             raise ValueError("must start with postgresql:// (or be empty for SQLite)")
+        return SecretStr(text)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, url: SecretStr) -> SecretStr:
+        # As DATABASE_URL: never echoed back, it may carry a password.
+        text = url.get_secret_value().strip()
+        if text and not text.startswith(REDIS_URL_SCHEMES):
+            raise ValueError("must start with redis://, rediss:// or unix:// (or be empty)")
         return SecretStr(text)
 
     @field_validator("secret_key")

@@ -166,6 +166,12 @@ class SessionEnded(InvalidState):
     code = "session_ended"
 
 
+class NotOwner(InvalidState):
+    """This node does not run the session: what changes it goes to the node that does."""
+
+    code = "not_owner"
+
+
 class TooManySessions(TooMany):
     """MAX_SESSIONS sessions are running already."""
 

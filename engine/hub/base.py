@@ -87,6 +87,11 @@ class Subscription:
         self._on_close(self)
         self._wakeup.set()
 
+    def move_to(self, on_close: Callable[[Subscription], None]) -> None:
+        """Hand the member to another hub (a follower that became the owner): the queue,
+        and so the member's connection, stay as they are."""
+        self._on_close = on_close
+
     @property
     def pending(self) -> int:
         """Frames queued and not yet read."""

@@ -3,20 +3,74 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Protocol
 
 import pytest
 
 from engine.events import BotMessage, HistoryEvent, TalkerMessage
 from engine.history import Message
-from engine.hub import CLOSE_SESSION_ENDED, CLOSE_TOO_SLOW, Frame, LocalHub, Subscription
+from engine.hub import (
+    CLOSE_SESSION_ENDED,
+    CLOSE_TOO_SLOW,
+    Frame,
+    HubOptions,
+    LocalHub,
+    Persist,
+    Subscription,
+)
+from engine.hub.redis import RedisEvents, RedisHub
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def make_hub(buffer: int = 100, queue: int = 100) -> LocalHub:
-    return LocalHub(buffer_size=buffer, member_queue_size=queue)
+class HubMaker(Protocol):
+    def __call__(
+        self, buffer: int = 100, queue: int = 100, persist: Persist | None = None
+    ) -> LocalHub: ...
+
+
+@pytest.fixture(params=["local", "redis"])
+async def hubs(request: pytest.FixtureRequest) -> AsyncIterator[HubMaker]:
+    """Builds the hub under test: `LocalHub`, or the owner's hub of cluster mode.
+
+    Every scenario holds for both: the owner's hub is a `LocalHub` that also publishes
+    what it stored. With Redis, the stream is checked at the end: its entries are
+    linked one to the next, and every one is a frame a member could be shown.
+    """
+    if request.param == "local":
+
+        def local(buffer: int = 100, queue: int = 100, persist: Persist | None = None) -> LocalHub:
+            return LocalHub(buffer_size=buffer, member_queue_size=queue, persist=persist)
+
+        yield local
+        return
+    redis_url = request.getfixturevalue("redis_service").url
+    events = RedisEvents(redis_url, request.getfixturevalue("redis_prefix"))
+    await events.open()
+    built: list[RedisHub] = []
+
+    def owner(buffer: int = 100, queue: int = 100, persist: Persist | None = None) -> LocalHub:
+        options = HubOptions(
+            session_id=f"s{len(built)}", first_seq=0, persist=persist, buffer_size=buffer,
+            member_queue_size=queue, now=lambda: datetime.now(UTC),
+        )  # fmt: skip
+        built.append(events.owner(options))
+        return built[-1]
+
+    try:
+        yield owner
+        await asyncio.gather(*(hub.flushed() for hub in built))
+        await events.published()
+        for hub in built:
+            events_only = [e for e in await events.entries(hub.session_id) if e.frame is not None]
+            assert all(e.prev == before.seq for before, e in itertools.pairwise(events_only))
+            assert all(e.seq <= hub.durable_seq for e in events_only)
+    finally:
+        await events.close()
 
 
 def snapshot() -> HistoryEvent:
@@ -35,8 +89,8 @@ def drain(sub: Subscription) -> list[Frame]:
     return frames
 
 
-def test_publish_stamps_strictly_increasing_seq_and_ts() -> None:
-    hub = make_hub()
+def test_publish_stamps_strictly_increasing_seq_and_ts(hubs: HubMaker) -> None:
+    hub = hubs()
     sub = hub.subscribe(snapshot)
     publish_messages(hub, 5)
     frames = drain(sub)[1:]
@@ -44,8 +98,8 @@ def test_publish_stamps_strictly_increasing_seq_and_ts() -> None:
     assert all(json.loads(f.data)["ts"] for f in frames)
 
 
-def test_new_member_first_gets_history_stamped_with_last_seq() -> None:
-    hub = make_hub()
+def test_new_member_first_gets_history_stamped_with_last_seq(hubs: HubMaker) -> None:
+    hub = hubs()
     publish_messages(hub, 3)
     sub = hub.subscribe(snapshot)
     first = drain(sub)
@@ -55,43 +109,43 @@ def test_new_member_first_gets_history_stamped_with_last_seq() -> None:
     assert [f.seq for f in drain(sub)] == [4]
 
 
-def test_since_replays_exactly_the_missed_events() -> None:
-    hub = make_hub()
+def test_since_replays_exactly_the_missed_events(hubs: HubMaker) -> None:
+    hub = hubs()
     publish_messages(hub, 10)
     sub = hub.subscribe(snapshot, since=6)
     assert [f.seq for f in drain(sub)] == [7, 8, 9, 10]
 
 
-def test_since_equal_to_last_seq_replays_nothing() -> None:
-    hub = make_hub()
+def test_since_equal_to_last_seq_replays_nothing(hubs: HubMaker) -> None:
+    hub = hubs()
     publish_messages(hub, 4)
     sub = hub.subscribe(snapshot, since=4)
     assert drain(sub) == []
 
 
-def test_since_older_than_the_buffer_gets_a_fresh_history() -> None:
-    hub = make_hub(buffer=5)
+def test_since_older_than_the_buffer_gets_a_fresh_history(hubs: HubMaker) -> None:
+    hub = hubs(buffer=5)
     publish_messages(hub, 20)
     sub = hub.subscribe(snapshot, since=3)
     assert [f.type for f in drain(sub)] == ["history"]
 
 
-def test_since_from_the_future_gets_a_fresh_history() -> None:
-    hub = make_hub()
+def test_since_from_the_future_gets_a_fresh_history(hubs: HubMaker) -> None:
+    hub = hubs()
     publish_messages(hub, 2)
     sub = hub.subscribe(snapshot, since=99)
     assert [f.type for f in drain(sub)] == ["history"]
 
 
-def test_replay_at_buffer_edge_is_complete() -> None:
-    hub = make_hub(buffer=5)
+def test_replay_at_buffer_edge_is_complete(hubs: HubMaker) -> None:
+    hub = hubs(buffer=5)
     publish_messages(hub, 10)  # buffer holds 6..10
     assert [f.seq for f in drain(hub.subscribe(snapshot, since=5))] == [6, 7, 8, 9, 10]
     assert [f.type for f in drain(hub.subscribe(snapshot, since=4))] == ["history"]
 
 
-def test_slow_member_is_dropped_and_others_keep_everything() -> None:
-    hub = make_hub(queue=10)
+def test_slow_member_is_dropped_and_others_keep_everything(hubs: HubMaker) -> None:
+    hub = hubs(queue=10)
     slow = hub.subscribe(snapshot)
     fast = hub.subscribe(snapshot)
     assert [f.type for f in drain(fast)] == ["history"]
@@ -105,8 +159,8 @@ def test_slow_member_is_dropped_and_others_keep_everything() -> None:
     assert hub.member_count == 1
 
 
-async def test_member_connecting_while_events_flow_sees_no_gap_or_duplicate() -> None:
-    hub = make_hub(buffer=1000, queue=10000)
+async def test_member_connecting_while_events_flow_sees_no_gap_or_duplicate(hubs: HubMaker) -> None:
+    hub = hubs(buffer=1000, queue=10000)
     seen: list[int] = []
 
     async def producer() -> None:
@@ -132,8 +186,8 @@ async def test_member_connecting_while_events_flow_sees_no_gap_or_duplicate() ->
     await asyncio.gather(producer(), consumer())
 
 
-async def test_close_delivers_queued_frames_then_ends() -> None:
-    hub = make_hub()
+async def test_close_delivers_queued_frames_then_ends(hubs: HubMaker) -> None:
+    hub = hubs()
     sub = hub.subscribe(snapshot)
     publish_messages(hub, 3)
     hub.close()
@@ -142,8 +196,8 @@ async def test_close_delivers_queued_frames_then_ends() -> None:
     assert sub.close_reason == CLOSE_SESSION_ENDED
 
 
-def test_subscribing_to_a_closed_hub_gets_history_then_the_end() -> None:
-    hub = make_hub()
+def test_subscribing_to_a_closed_hub_gets_history_then_the_end(hubs: HubMaker) -> None:
+    hub = hubs()
     publish_messages(hub, 2)
     hub.close()
     sub = hub.subscribe(snapshot)
@@ -174,17 +228,13 @@ class GatedStore:
         self.messages.extend(messages)
 
 
-def durable_hub(store: GatedStore, buffer: int = 100) -> LocalHub:
-    return LocalHub(buffer_size=buffer, member_queue_size=100, persist=store)
-
-
 def message(turn: int) -> Message:
     return Message(turn=turn, kind="talker", speaker="Dana", content=f"m{turn}", ts=T0)
 
 
-async def test_an_event_reaches_members_only_once_it_is_stored() -> None:
+async def test_an_event_reaches_members_only_once_it_is_stored(hubs: HubMaker) -> None:
     store = GatedStore()
-    hub = durable_hub(store)
+    hub = hubs(persist=store)
     sub = hub.subscribe(snapshot)
     drain(sub)
     store.gate.clear()
@@ -197,9 +247,9 @@ async def test_an_event_reaches_members_only_once_it_is_stored() -> None:
     assert hub.durable_seq == 1
 
 
-async def test_a_history_taken_while_events_are_written_waits_for_them() -> None:
+async def test_a_history_taken_while_events_are_written_waits_for_them(hubs: HubMaker) -> None:
     store = GatedStore()
-    hub = durable_hub(store)
+    hub = hubs(persist=store)
     store.gate.clear()
     publish_messages(hub, 2)
     sub = hub.subscribe(snapshot)  # covers seq 1..2, which are not stored yet
@@ -211,9 +261,9 @@ async def test_a_history_taken_while_events_are_written_waits_for_them() -> None
     assert [(f.type, f.seq) for f in drain(sub)] == [("history", 2), ("bot_message", 3)]
 
 
-async def test_a_commit_stores_its_message_with_its_events_in_one_write() -> None:
+async def test_a_commit_stores_its_message_with_its_events_in_one_write(hubs: HubMaker) -> None:
     store = GatedStore()
-    hub = durable_hub(store)
+    hub = hubs(persist=store)
     sub = hub.subscribe(snapshot)
     drain(sub)
     hub.publish(BotMessage(bot="A", turn=1, content="state"))
@@ -224,9 +274,11 @@ async def test_a_commit_stores_its_message_with_its_events_in_one_write() -> Non
     assert [f.seq for f in drain(sub)] == [1, 2]
 
 
-async def test_a_failed_commit_raises_and_its_events_are_never_delivered_nor_numbered() -> None:
+async def test_a_failed_commit_raises_and_its_events_are_never_delivered_nor_numbered(
+    hubs: HubMaker,
+) -> None:
     store = GatedStore()
-    hub = durable_hub(store)
+    hub = hubs(persist=store)
     told: list[Exception] = []
     hub.on_persist_error = told.append
     sub = hub.subscribe(snapshot)
@@ -247,9 +299,9 @@ async def test_a_failed_commit_raises_and_its_events_are_never_delivered_nor_num
     assert len(told) == 1
 
 
-async def test_a_cancelled_committer_does_not_take_its_write_back() -> None:
+async def test_a_cancelled_committer_does_not_take_its_write_back(hubs: HubMaker) -> None:
     store = GatedStore()
-    hub = durable_hub(store)
+    hub = hubs(persist=store)
     store.gate.clear()
     event = TalkerMessage(talker="Dana", talker_id="t", turn=1, content="m1")
     committer = asyncio.create_task(hub.commit(message(1), [event]))
@@ -260,9 +312,9 @@ async def test_a_cancelled_committer_does_not_take_its_write_back() -> None:
     assert store.messages == [message(1)] and hub.durable_seq == 1
 
 
-async def test_close_while_events_are_written_delivers_them_first() -> None:
+async def test_close_while_events_are_written_delivers_them_first(hubs: HubMaker) -> None:
     store = GatedStore()
-    hub = durable_hub(store)
+    hub = hubs(persist=store)
     sub = hub.subscribe(snapshot)
     store.gate.clear()
     publish_messages(hub, 3)
@@ -274,8 +326,8 @@ async def test_close_while_events_are_written_delivers_them_first() -> None:
     assert sub.close_reason == CLOSE_SESSION_ENDED
 
 
-def test_a_restored_hub_replays_exactly_across_a_hole_in_the_numbering() -> None:
-    hub = make_hub(buffer=10)
+def test_a_restored_hub_replays_exactly_across_a_hole_in_the_numbering(hubs: HubMaker) -> None:
+    hub = hubs(buffer=10)
     stored = [Frame(seq, "bot_message", "{}") for seq in (1, 2, 3, 100004, 100005)]
     hub.restore(stored, recorded_last_seq=100005)
     assert hub.last_seq == hub.durable_seq == 100005
@@ -287,8 +339,8 @@ def test_a_restored_hub_replays_exactly_across_a_hole_in_the_numbering() -> None
     assert hub.last_seq == 100006
 
 
-def test_a_restored_hub_whose_events_stop_short_answers_with_a_history() -> None:
-    hub = make_hub(buffer=10)
+def test_a_restored_hub_whose_events_stop_short_answers_with_a_history(hubs: HubMaker) -> None:
+    hub = hubs(buffer=10)
     stored = [Frame(seq, "bot_message", "{}") for seq in (1, 2, 3)]
     hub.restore(stored, recorded_last_seq=100003)  # numbers 4..100003 were never stored
     assert hub.last_seq == 100003
@@ -297,8 +349,10 @@ def test_a_restored_hub_whose_events_stop_short_answers_with_a_history() -> None
     assert drain(hub.subscribe(snapshot, since=100003)) == []
 
 
-def test_a_restored_hub_with_trimmed_events_replays_only_from_the_oldest_kept() -> None:
-    hub = make_hub(buffer=3)
+def test_a_restored_hub_with_trimmed_events_replays_only_from_the_oldest_kept(
+    hubs: HubMaker,
+) -> None:
+    hub = hubs(buffer=3)
     stored = [Frame(seq, "bot_message", "{}") for seq in range(1, 11)]
     hub.restore(stored, recorded_last_seq=10)
     assert [f.seq for f in drain(hub.subscribe(snapshot, since=7))] == [8, 9, 10]
