@@ -151,6 +151,12 @@ class ObserverCannotTalk(Forbidden):
     code = "observer_cannot_talk"
 
 
+class ClusterTokenInvalid(Forbidden):
+    """`GET /v1/cluster` without the right `CLUSTER_ADMIN_TOKEN` as its Bearer token."""
+
+    code = "cluster_token"
+
+
 class TalkersNotAllowed(Forbidden):
     """A talker tried to join an autonomous session (bots only)."""
 
@@ -329,6 +335,7 @@ StorageProblem = Literal[
     "unknown_schema",
     "unknown_session",
     "closed",
+    "fenced",
     "other",
 ]
 
@@ -349,6 +356,20 @@ class StorageError(FellowshipError):
 
 class StorageFailure(StorageError):
     """A write failed for a reason the store did not classify (still unrecoverable)."""
+
+
+class Fenced(StorageError, Unavailable):
+    """A write for a session whose lease this node no longer holds (cluster mode).
+
+    Another node took the session over (its epoch is higher), or this node never held
+    it: nothing was written, and this node must stop running the session. Answered as
+    `Unavailable` (503): the session goes on elsewhere.
+    """
+
+    code = "fenced"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, problem="fenced")
 
 
 class SecretUnreadable(FellowshipError):
