@@ -6,7 +6,7 @@ about HTTP: `server/errors.py` maps these classes (walking each one's MRO, so a
 subclass answers like its family unless it is mapped itself) to HTTP statuses and
 WebSocket close codes, by class alone.
 
-The families come first (`BadRequest`, `Forbidden`, `NotFound`, `InvalidState`,
+The families come first (`BadRequest`, `Unauthorized`, `Forbidden`, `NotFound`, `InvalidState`,
 `TooMany`, `Unavailable`, `PayloadTooLarge`); the errors below them say which refusal
 or failure it was. `LLMError` is the one exception whose code is chosen when it is
 raised: it is one of the `LLM_*` constants, which say what kind of failure a backend
@@ -53,6 +53,12 @@ class NotFound(FellowshipError):
     """No such session (or a token that does not open one)."""
 
     code = "not_found"
+
+
+class Unauthorized(FellowshipError):
+    """A credential is missing or wrong (an admin token sent as a Bearer token)."""
+
+    code = "unauthorized"
 
 
 class Forbidden(FellowshipError):
@@ -151,7 +157,7 @@ class ObserverCannotTalk(Forbidden):
     code = "observer_cannot_talk"
 
 
-class ClusterTokenInvalid(Forbidden):
+class ClusterTokenInvalid(Unauthorized):
     """`GET /v1/cluster` without the right `CLUSTER_ADMIN_TOKEN` as its Bearer token."""
 
     code = "cluster_token"

@@ -58,10 +58,10 @@ CLIENT_FRAME_MODELS: Final[tuple[type[BaseModel], ...]] = (UserMessageFrame, Pin
 ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     400: "Bad input: a parameter or the body cannot be understood (`invalid_parameters`, "
     "`malformed_spec` with line and column, `bad_request`).",
-    403: "The observer token on a route that needs the full token (`observer_token`); on "
-    "`/v1/cluster`, a missing or wrong admin token (`cluster_token`).",
+    401: "A missing or wrong admin token (`cluster_token`, with `WWW-Authenticate`).",
+    403: "The observer token on a route that needs the full token (`observer_token`).",
     404: "Unknown token, or unknown library spec (`not_found`, `spec_not_found`); on "
-    "`/v1/cluster`, the server has no CLUSTER_ADMIN_TOKEN (`not_found`).",
+    "`/v1/cluster`, the server has no CLUSTER_ADMIN_TOKEN (the route is off: `not_found`).",
     405: "The token is a reserved word: `/v1/session/create` is the create route, which "
     "takes POST only (`method_not_allowed`, with `Allow`).",
     408: "The request body took too long to arrive (`request_timeout`).",
@@ -83,6 +83,12 @@ ALWAYS_STATUSES: Final = (500,)
 # The rule of `/v1/session/<token>` ends so (see `server.conversions.TokenConverter`).
 SESSION_ITEM_RULE_END: Final = "/<token:token>"
 ERROR_HEADERS: Final[dict[int, dict[str, Any]]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "Always `Bearer`: the scheme the token is expected in.",
+            "schema": {"type": "string"},
+        }
+    },
     405: {
         "Allow": {
             "description": "The methods the path does serve.",
@@ -138,8 +144,8 @@ SECURITY_SCHEMES: Final[dict[str, dict[str, str]]] = {
     CLUSTER_ADMIN_SCHEME: {
         "type": "http",
         "scheme": "bearer",
-        "description": "CLUSTER_ADMIN_TOKEN of the server's configuration. Without it the "
-        "cluster route answers 404; with a missing or wrong token, 403.",
+        "description": "CLUSTER_ADMIN_TOKEN of the server's configuration: 401 without "
+        "it or with another token; 404 when the server has none (the route is off).",
     }
 }
 

@@ -244,7 +244,7 @@ async def session_history(token: str) -> Response:
 @tag(["cluster"])
 @security_scheme([{CLUSTER_ADMIN_SCHEME: []}])
 @document_response(ClusterView)
-@document_errors(403, 404)
+@document_errors(401, 404)
 async def cluster() -> Response:
     """Nodes and their sessions (admin).
 
@@ -252,8 +252,8 @@ async def cluster() -> Response:
     each lease's epoch, age (`held_seconds`) and time left (`expires_in_seconds`, by the
     database's clock). One process (no cluster) answers itself as the only node, with
     every live session. Send CLUSTER_ADMIN_TOKEN as `Authorization: Bearer <token>`:
-    403 `cluster_token` without it or with another token; 404 `not_found` when the
-    server has no CLUSTER_ADMIN_TOKEN (the route is off).
+    401 `cluster_token` without a Bearer token or with another one; 404 `not_found` to a
+    Bearer token when the server has no CLUSTER_ADMIN_TOKEN (the route is off).
     """
     state = current_state()
     _check_admin_token(state.settings, request.headers.get("Authorization", ""))
@@ -262,12 +262,13 @@ async def cluster() -> Response:
 
 
 def _check_admin_token(settings: Settings, authorization: str) -> None:
+    refused = ClusterTokenInvalid("GET /v1/cluster needs CLUSTER_ADMIN_TOKEN as a Bearer token")
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise refused  # no credential at all: 401, as for any protected route
     expected = settings.cluster_admin_token.get_secret_value()
     if not expected:
         raise NotFound("no such route")
-    scheme, _, given = authorization.partition(" ")
     # Compared as hashes: equal lengths, constant time, whatever was sent.
-    if scheme.lower() != "bearer" or not hashes_match(
-        token_hash(given.strip()), token_hash(expected)
-    ):
-        raise ClusterTokenInvalid("GET /v1/cluster needs CLUSTER_ADMIN_TOKEN as a Bearer token")
+    if not hashes_match(token_hash(given.strip()), token_hash(expected)):
+        raise refused
