@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Final, Literal
@@ -436,6 +438,24 @@ class Settings(BaseSettings):
         "first encrypts, every one decrypts. make run writes one into .env.",
     )
     specs_dir: Path = Field(Path("specs"), description="Folder of the named spec library.")
+
+    # --- cluster mode (docs/scale-out.md) -----------------------------------------
+    node_id: str = Field(
+        "",
+        max_length=200,
+        description="This node's name in a cluster, unique among its nodes "
+        "(empty: host name and process id).",
+    )
+    lease_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long a node's lease on a session lasts without renewal; another "
+        "node takes a session over this long after its owner stopped renewing.",
+    )
+    cluster_admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token of GET /v1/cluster (empty: the route answers 404). A secret.",
+    )
     debug: bool = Field(False, description="Emit debug events for every session.")
 
     @field_validator("allowed_llm_hosts", "cors_origins", "secret_key", mode="before")
@@ -469,6 +489,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"backend {name!r}: {exc.message}") from None
             checked[name] = backend.model_copy(update={"base_url": url})
         return checked
+    @field_validator("node_id")
+    @classmethod
+    def _default_node_id(cls, value: str) -> str:
+        # Host name + pid: two processes on one machine never share a name by default.
+        text = value.strip()
+        if any(not char.isprintable() for char in text):
+            raise ValueError("must be one printable line")
+        return text or f"{socket.gethostname()}-{os.getpid()}"
 
     @field_validator("database_url")
     @classmethod

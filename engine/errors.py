@@ -6,7 +6,7 @@ about HTTP: `server/errors.py` maps these classes (walking each one's MRO, so a
 subclass answers like its family unless it is mapped itself) to HTTP statuses and
 WebSocket close codes, by class alone.
 
-The families come first (`BadRequest`, `Forbidden`, `NotFound`, `InvalidState`,
+The families come first (`BadRequest`, `Unauthorized`, `Forbidden`, `NotFound`, `InvalidState`,
 `TooMany`, `Unavailable`, `PayloadTooLarge`); the errors below them say which refusal
 or failure it was. `LLMError` is the one exception whose code is chosen when it is
 raised: it is one of the `LLM_*` constants, which say what kind of failure a backend
@@ -53,6 +53,12 @@ class NotFound(FellowshipError):
     """No such session (or a token that does not open one)."""
 
     code = "not_found"
+
+
+class Unauthorized(FellowshipError):
+    """A credential is missing or wrong (an admin token sent as a Bearer token)."""
+
+    code = "unauthorized"
 
 
 class Forbidden(FellowshipError):
@@ -149,6 +155,12 @@ class ObserverCannotTalk(Forbidden):
     """An observer sent a message."""
 
     code = "observer_cannot_talk"
+
+
+class ClusterTokenInvalid(Unauthorized):
+    """`GET /v1/cluster` without the right `CLUSTER_ADMIN_TOKEN` as its Bearer token."""
+
+    code = "cluster_token"
 
 
 class TalkersNotAllowed(Forbidden):
@@ -335,6 +347,7 @@ StorageProblem = Literal[
     "unknown_schema",
     "unknown_session",
     "closed",
+    "fenced",
     "other",
 ]
 
@@ -355,6 +368,20 @@ class StorageError(FellowshipError):
 
 class StorageFailure(StorageError):
     """A write failed for a reason the store did not classify (still unrecoverable)."""
+
+
+class Fenced(StorageError, Unavailable):
+    """A write for a session whose lease this node no longer holds (cluster mode).
+
+    Another node took the session over (its epoch is higher), or this node never held
+    it: nothing was written, and this node must stop running the session. Answered as
+    `Unavailable` (503): the session goes on elsewhere.
+    """
+
+    code = "fenced"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, problem="fenced")
 
 
 class SecretUnreadable(FellowshipError):

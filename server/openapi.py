@@ -58,8 +58,10 @@ CLIENT_FRAME_MODELS: Final[tuple[type[BaseModel], ...]] = (UserMessageFrame, Pin
 ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     400: "Bad input: a parameter or the body cannot be understood (`invalid_parameters`, "
     "`malformed_spec` with line and column, `bad_request`).",
+    401: "A missing or wrong admin token (`cluster_token`, with `WWW-Authenticate`).",
     403: "The observer token on a route that needs the full token (`observer_token`).",
-    404: "Unknown token, or unknown library spec (`not_found`, `spec_not_found`).",
+    404: "Unknown token, or unknown library spec (`not_found`, `spec_not_found`); on "
+    "`/v1/cluster`, the server has no CLUSTER_ADMIN_TOKEN (the route is off: `not_found`).",
     405: "The token is a reserved word: `/v1/session/create` is the create route, which "
     "takes POST only (`method_not_allowed`, with `Allow`).",
     408: "The request body took too long to arrive (`request_timeout`).",
@@ -81,6 +83,12 @@ ALWAYS_STATUSES: Final = (500,)
 # The rule of `/v1/session/<token>` ends so (see `server.conversions.TokenConverter`).
 SESSION_ITEM_RULE_END: Final = "/<token:token>"
 ERROR_HEADERS: Final[dict[int, dict[str, Any]]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "Always `Bearer`: the scheme the token is expected in.",
+            "schema": {"type": "string"},
+        }
+    },
     405: {
         "Allow": {
             "description": "The methods the path does serve.",
@@ -127,7 +135,19 @@ TAGS: Final[list[Tag | dict[Any, Any]]] = [
     ),
     Tag(name="library", description="Named specs kept by the server."),
     Tag(name="server", description="Health of the server."),
+    Tag(name="cluster", description="Nodes and the sessions each runs (admin)."),
 ]
+
+CLUSTER_ADMIN_SCHEME: Final = "clusterAdmin"
+"""The security scheme of `GET /v1/cluster`: CLUSTER_ADMIN_TOKEN as a Bearer token."""
+SECURITY_SCHEMES: Final[dict[str, dict[str, str]]] = {
+    CLUSTER_ADMIN_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "CLUSTER_ADMIN_TOKEN of the server's configuration: 401 without "
+        "it or with another token; 404 when the server has none (the route is off).",
+    }
+}
 
 _RAW_RESPONSES_ATTRIBUTE: Final = "_fellowship_raw_responses"
 _ERRORS_ATTRIBUTE: Final = "_fellowship_errors"
@@ -285,6 +305,7 @@ class FellowshipOpenAPI(OpenAPIProvider):
             CLIENT_FRAME_MODELS, "Any frame a WebSocket client may send, told apart by its `type`."
         )
         schemas["ServerSentEvent"] = server_sent_event_schema()
+        document["components"]["securitySchemes"] = SECURITY_SCHEMES
         _add_spec_limits(schemas, self._settings())
         for schema in schemas.values():
             _describe_constants(schema)
@@ -339,7 +360,7 @@ def server_sent_event_schema() -> dict[str, Any]:
                     "contentMediaType": "application/json",
                     "contentSchema": reference(model.__name__),
                 },
-            }
+            },
         }
         for model in EVENT_MODELS
     ]
@@ -447,4 +468,3 @@ def _describe_constants(schema: dict[str, Any]) -> None:
     for field in schema.get("properties", {}).values():
         if "const" in field and "description" not in field:
             field["description"] = f"Always `{field['const']}`."
-

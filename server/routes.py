@@ -14,10 +14,19 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from quart import Blueprint, Response, request
-from quart_schema import document_querystring, document_request, document_response, tag
+from quart_schema import (
+    document_querystring,
+    document_request,
+    document_response,
+    security_scheme,
+    tag,
+)
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from engine.errors import SpecIssue, SpecTooLarge
+from engine.auth import hashes_match, token_hash
+from engine.cluster.view import ClusterView, cluster_view
+from engine.config import Settings
+from engine.errors import ClusterTokenInvalid, NotFound, SpecIssue, SpecTooLarge
 from engine.manager import CreatedSession
 from engine.spec.library import list_specs, load_named_spec
 from engine.spec.loader import load_spec, read_spec_document
@@ -30,7 +39,7 @@ from server.api_models import (
     SpecLibraryResponse,
 )
 from server.conversions import json_response, parse_params
-from server.openapi import document_errors
+from server.openapi import CLUSTER_ADMIN_SCHEME, document_errors
 from server.state import current_state
 
 blueprint = Blueprint("sessions", __name__)
@@ -227,3 +236,40 @@ async def session_history(token: str) -> Response:
     """
     manager = current_state().manager
     return json_response(HistoryResponse(messages=manager.history(manager.open(token))))
+
+
+# --- the cluster (admin) --------------------------------------------------------------------------
+
+
+@blueprint.get("/v1/cluster")
+@tag(["cluster"])
+@security_scheme([{CLUSTER_ADMIN_SCHEME: []}])
+@document_response(ClusterView)
+@document_errors(401, 404)
+async def cluster() -> Response:
+    """Nodes and their sessions (admin).
+
+    Every node of the cluster (alive or not), the sessions each holds a lease on, and
+    each lease's epoch, age (`held_seconds`) and time left (`expires_in_seconds`, by the
+    database's clock). One process (no cluster) answers itself as the only node, with
+    every live session. Send CLUSTER_ADMIN_TOKEN as `Authorization: Bearer <token>`:
+    401 `cluster_token` without a Bearer token or with another one; 404 `not_found` to a
+    Bearer token when the server has no CLUSTER_ADMIN_TOKEN (the route is off).
+    """
+    state = current_state()
+    _check_admin_token(state.settings, request.headers.get("Authorization", ""))
+    store = state.manager.deps.store
+    return json_response(await cluster_view(store, lease_seconds=state.settings.lease_seconds))
+
+
+def _check_admin_token(settings: Settings, authorization: str) -> None:
+    refused = ClusterTokenInvalid("GET /v1/cluster needs CLUSTER_ADMIN_TOKEN as a Bearer token")
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise refused  # no credential at all: 401, as for any protected route
+    expected = settings.cluster_admin_token.get_secret_value()
+    if not expected:
+        raise NotFound("no such route")
+    # Compared as hashes: equal lengths, constant time, whatever was sent.
+    if not hashes_match(token_hash(given.strip()), token_hash(expected)):
+        raise refused

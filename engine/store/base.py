@@ -2,18 +2,26 @@
 
 Everything that must survive a restart goes through a `Store`: sessions (spec,
 token hashes, state, counters), every history position, summaries and memory.
-A later version can put PostgreSQL behind the same interface.
+
+Cluster mode adds ownership: a node runs a session under a lease with an epoch, and a
+store that several nodes share (PostgreSQL) makes every write of a session conditional
+on the epoch the node holds (fencing). The node tells the store its epochs through a
+`Fencing` hook (`engine.cluster.leases.LeaseKeeper`). A store of one process (SQLite,
+memory) has one node, which always owns every session: its leases are granted at once
+and never lost.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
 # The store's errors live with every other error; importable from here as before.
+from engine.errors import Fenced as Fenced
 from engine.errors import StorageError as StorageError
 from engine.errors import StorageFailure as StorageFailure
 from engine.errors import StorageProblem as StorageProblem
@@ -57,6 +65,52 @@ class StoredSession(BaseModel):
     memory: str | None = Field(None, description="Memory the session left, if any.")
 
 
+class LeaseInfo(BaseModel):
+    """Who runs a session, under which epoch, and how fresh the lease is."""
+
+    session_id: str = Field(description="Public session id.")
+    node_id: str = Field(description="The node holding the lease.")
+    epoch: int = Field(ge=1, description="Fencing number: raised by every take-over.")
+    held_seconds: float | None = Field(
+        None, description="Seconds since this node took the lease (absent: one process)."
+    )
+    expires_in_seconds: float | None = Field(
+        None,
+        description="Seconds until the lease expires unless renewed; negative once it has "
+        "expired and waits for another node (absent: one process, no expiry).",
+    )
+
+
+class NodeInfo(BaseModel):
+    """A node of the cluster, as its heartbeat row says."""
+
+    node_id: str = Field(description="The node's NODE_ID.")
+    alive: bool = Field(description="Whether its heartbeat has not expired.")
+    started_at: datetime | None = Field(None, description="When it joined (absent: unknown).")
+    last_seen_seconds: float | None = Field(
+        None, description="Seconds since its last heartbeat (absent: this process itself)."
+    )
+
+
+class ClusterSnapshot(BaseModel):
+    """The nodes and the leases of live sessions, read at one moment of the store's clock."""
+
+    nodes: list[NodeInfo] = Field(default_factory=list, description="Known nodes.")
+    leases: list[LeaseInfo] = Field(
+        default_factory=list, description="Leases of sessions that have not ended."
+    )
+
+
+class Fencing(Protocol):
+    """What a store asks the node's lease keeper before writing for a session."""
+
+    def epoch_of(self, session_id: str) -> int | None:
+        """The epoch of this node's lease on the session; None when it holds none."""
+
+    def fenced(self, session_id: str, epoch: int) -> None:
+        """A write under `epoch` was refused: another node holds the session now."""
+
+
 SpecRewrite = Callable[[str, str], str | None]
 """Given a session id and its stored spec JSON, the JSON to store instead (None: keep it)."""
 
@@ -74,6 +128,13 @@ class Store(ABC):
 
     durable: bool = True
     """Whether what is saved outlives the process (then secrets must be encrypted)."""
+
+    node_id: str = "local"
+    """This node's name in the leases (NODE_ID)."""
+
+    fencing: Fencing | None = None
+    """Set by the node's lease keeper in cluster mode: every write of a session is then
+    conditional on the epoch it holds. None: one process, writes are unconditional."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Prepare the store (connect, migrate)."""
@@ -182,3 +243,52 @@ class Store(ABC):
         for session_id in expired:
             await self.delete_session(session_id)
         return expired
+
+    # --- ownership (cluster mode) ----------
+    # The defaults are one process's: a single node owns every session, so a lease is
+    # granted at once, never expires, and no other node can take it. PostgresStore
+    # overrides them with real leases in the `leases` table.
+
+    async def acquire_lease(self, session_id: str, seconds: float) -> int | None:
+        """Take the session's lease for `seconds`, or take it over if it expired (or is
+        already this node's): the new epoch, raised by one on every take-over. None
+        while another node's lease is live. Expiry is judged by the store's clock."""
+        return 1
+
+    async def renew_leases(self, held: Mapping[str, int], seconds: float) -> set[str]:
+        """Extend the leases this node holds (session id -> epoch) by `seconds` from now.
+
+        Returns the sessions renewed; a missing one is lost (taken over, or gone).
+        """
+        return set(held)
+
+    async def release_leases(self, held: Mapping[str, int]) -> None:  # noqa: B027 - one node
+        """Hand leases over at once (they expire now), so another node may take them."""
+
+    async def take_expired_leases(
+        self, seconds: float, *, exclude: Sequence[str] = ()
+    ) -> dict[str, int]:
+        """Take over this node's share of expired leases of live sessions (session id ->
+        new epoch): at most the expired ones divided by the live nodes, rounded up, or
+        more while this node runs fewer than its fair share. `exclude`: sessions this
+        node already runs."""
+        return {}
+
+    async def heartbeat(self, seconds: float) -> None:  # noqa: B027 - one node
+        """Record that this node is alive for `seconds` more (the nodes registry)."""
+
+    async def leave_cluster(self, held: Mapping[str, int]) -> None:  # noqa: B027 - one node
+        """A clean stop: release every lease in `held` and leave the nodes registry."""
+
+    async def cluster_snapshot(self) -> ClusterSnapshot:
+        """The nodes and the leases of live sessions.
+
+        One process: this node alone, running every session that has not ended.
+        """
+        return ClusterSnapshot(
+            nodes=[NodeInfo(node_id=self.node_id, alive=True)],
+            leases=[
+                LeaseInfo(session_id=record.id, node_id=self.node_id, epoch=1)
+                for record in await self.load_sessions(include_ended=False)
+            ],
+        )

@@ -16,10 +16,14 @@ of connections, and several nodes may share the database. The schema is migrated
 start-up under an advisory lock (`engine.store.postgres_migrations`), so nodes that
 start together are safe.
 
-Fencing (cluster mode): every write of a session goes through `_run` with its
-`session_id`, in a transaction of its own. That is the one place where a check of the
-owner's lease epoch (the `leases` table) will join the transaction, so that a node that
-lost a session's lease can never write for it again.
+Ownership (cluster mode): the `leases` table says which node runs each session, under
+which epoch, until when; `nodes` holds each node's heartbeat. Expiry is always judged
+by the database's clock (`now()`), never by a node's. Once the node's lease keeper sets
+`fencing`, every write of a session is conditional on the epoch the node held when it
+made the call, in the same statement or transaction: the lease row is read `FOR SHARE`,
+so a take-over (which updates that row) either waits for the write to commit, or
+commits first and the write then finds the new epoch and writes nothing (`Fenced`). A
+node that lost a session's lease can never write for it again.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -38,7 +42,11 @@ from engine.config import Settings
 from engine.history import Message
 from engine.llm.types import Usage
 from engine.store.base import (
+    ClusterSnapshot,
     EventRecord,
+    Fenced,
+    LeaseInfo,
+    NodeInfo,
     SessionRecord,
     SpecRewrite,
     StorageError,
@@ -63,6 +71,8 @@ COMMAND_TIMEOUT: Final = 60.0
 """Longest a statement may take before its call fails (problem `io`)."""
 WIPE_TIMEOUT: Final = 3600.0
 """Longest the rewrite of the sessions table (after secrets changed) may take."""
+NODE_FORGET_SECONDS: Final = 600.0
+"""How long a node that stopped heartbeating (and runs nothing) stays in `nodes`."""
 
 _FOREIGN_KEY_VIOLATION: Final = "23503"
 # By SQLSTATE, then by its class (the first two characters).
@@ -170,12 +180,131 @@ _UPSERT_EVENTS = """
         AS batch (seq, type, data)
     ON CONFLICT (session_id, seq) DO UPDATE SET type = excluded.type, data = excluded.data
 """
+_UPSERT_SUMMARY = """
+    INSERT INTO summaries (session_id, upto_turn, text) VALUES ($1, $2, $3)
+    ON CONFLICT (session_id) DO UPDATE SET upto_turn = excluded.upto_turn, text = excluded.text
+"""
+_UPSERT_MEMORY = """
+    INSERT INTO memory (session_id, text) VALUES ($1, $2)
+    ON CONFLICT (session_id) DO UPDATE SET text = excluded.text
+"""
+# A new session, written by a node that holds no lease on it yet: only if it is new.
+_INSERT_NEW_SESSION = _UPSERT_SESSION.split("ON CONFLICT", 1)[0] + "ON CONFLICT (id) DO NOTHING"
 # Everything up to the (keep_last + 1)-th newest event goes.
 _PRUNE_EVENTS = """
     DELETE FROM events WHERE session_id = $1 AND seq <= (
         SELECT seq FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)
 """
 
+
+# --- ownership ----------
+# The fence of a write: this node's lease row under the epoch it holds, locked FOR SHARE
+# so that a take-over (an UPDATE of the row) is ordered with the write: it waits for
+# the write's commit, or, committed first, makes the write find no row.
+_FENCE = "SELECT 1 FROM leases WHERE session_id = $1 AND node_id = $2 AND epoch = $3 FOR SHARE"
+_FENCE_EXISTS = (
+    "EXISTS (SELECT 1 FROM leases WHERE session_id = $1 AND node_id = ${node} "
+    "AND epoch = ${epoch} FOR SHARE)"
+)
+_ACQUIRE = """
+    INSERT INTO leases AS l (session_id, node_id, epoch, expires_at, acquired_at)
+    VALUES ($1, $2, 1, now() + make_interval(secs => $3), now())
+    ON CONFLICT (session_id) DO UPDATE SET
+        node_id = excluded.node_id, epoch = l.epoch + 1,
+        expires_at = excluded.expires_at, acquired_at = now()
+    WHERE l.expires_at < now() OR l.node_id = excluded.node_id
+    RETURNING epoch
+"""
+# Renewal keeps the epoch: a lease that expired but that nobody took is still this
+# node's, and its writes were never in doubt (fencing is by epoch, not by time).
+_RENEW = """
+    UPDATE leases AS l SET expires_at = now() + make_interval(secs => $2)
+    FROM unnest($3::text[], $4::bigint[]) AS mine (session_id, epoch)
+    WHERE l.session_id = mine.session_id AND l.node_id = $1 AND l.epoch = mine.epoch
+    RETURNING l.session_id
+"""
+_RELEASE = """
+    UPDATE leases AS l SET expires_at = now()
+    FROM unnest($2::text[], $3::bigint[]) AS mine (session_id, epoch)
+    WHERE l.session_id = mine.session_id AND l.node_id = $1 AND l.epoch = mine.epoch
+"""
+# This node's share of the expired leases of live sessions: at least the expired ones
+# divided by the live nodes (rounded up), more while it runs fewer sessions than its
+# fair share. SKIP LOCKED: nodes scanning at once pick different rows, and a row whose
+# old owner is still writing (FOR SHARE) waits for the next scan.
+_TAKE_EXPIRED = """
+    WITH expired AS (
+        SELECT l.session_id FROM leases l JOIN sessions s ON s.id = l.session_id
+        WHERE l.expires_at < now() AND s.state <> 'ended'
+          AND NOT (l.session_id = ANY ($3::text[]))),
+    live_nodes AS (
+        SELECT GREATEST(count(*), 1)::numeric AS n FROM nodes WHERE expires_at >= now()),
+    running AS (
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE l.node_id = $1 AND l.expires_at >= now()) AS mine
+        FROM leases l JOIN sessions s ON s.id = l.session_id WHERE s.state <> 'ended'),
+    quota AS (
+        SELECT GREATEST(ceil((SELECT count(*) FROM expired) / live_nodes.n),
+                        ceil(running.total / live_nodes.n) - running.mine)::bigint AS n
+        FROM live_nodes, running),
+    picked AS (
+        SELECT l.session_id FROM leases l
+        WHERE l.session_id IN (SELECT session_id FROM expired)
+        ORDER BY l.expires_at, l.session_id
+        LIMIT (SELECT n FROM quota)
+        FOR UPDATE SKIP LOCKED)
+    UPDATE leases AS l SET node_id = $1, epoch = l.epoch + 1,
+        expires_at = now() + make_interval(secs => $2), acquired_at = now()
+    FROM picked WHERE l.session_id = picked.session_id AND l.expires_at < now()
+    RETURNING l.session_id, l.epoch
+"""
+# The heartbeat also forgets nodes long gone that run nothing any more.
+_HEARTBEAT = """
+    WITH forgotten AS (
+        DELETE FROM nodes AS n
+        WHERE n.expires_at < now() - make_interval(secs => $3)
+          AND NOT EXISTS (SELECT 1 FROM leases l JOIN sessions s ON s.id = l.session_id
+                          WHERE l.node_id = n.node_id AND s.state <> 'ended'))
+    INSERT INTO nodes (node_id, started_at, seen_at, expires_at)
+    VALUES ($1, now(), now(), now() + make_interval(secs => $2))
+    ON CONFLICT (node_id) DO UPDATE SET seen_at = now(), expires_at = excluded.expires_at
+"""
+_NODES = """
+    SELECT node_id, started_at, extract(epoch FROM now() - seen_at), expires_at >= now()
+    FROM nodes ORDER BY node_id
+"""
+_LEASES = """
+    SELECT l.session_id, l.node_id, l.epoch, extract(epoch FROM now() - l.acquired_at),
+           extract(epoch FROM l.expires_at - now())
+    FROM leases l JOIN sessions s ON s.id = l.session_id
+    WHERE s.state <> 'ended' ORDER BY l.node_id, s.position
+"""
+
+
+def _fenced_insert(sql: str, count: int) -> str:
+    """`sql` (an INSERT of one VALUES row of `count` parameters, $1 the session id)
+    made conditional on this node's lease: parameters count + 1 and count + 2 are the
+    node id and the epoch. Nothing is inserted (or updated) when the fence fails."""
+    head, values = sql.split("VALUES (", 1)
+    row, tail = values.split(")", 1)
+    fence = _FENCE_EXISTS.replace("${node}", f"${count + 1}").replace("${epoch}", f"${count + 2}")
+    return f"{head}SELECT {row} WHERE {fence}{tail}"
+
+
+def _rows_written(status: str) -> int:
+    """The row count of a command's status (`INSERT 0 1`, `DELETE 3`)."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+_FENCED_UPSERT_SESSION: Final = _fenced_insert(_UPSERT_SESSION, 12)
+_FENCED_UPSERT_MESSAGE: Final = _fenced_insert(_UPSERT_MESSAGE, 10)
+_FENCED_UPSERT_SUMMARY: Final = _fenced_insert(_UPSERT_SUMMARY, 3)
+_FENCED_UPSERT_MEMORY: Final = _fenced_insert(_UPSERT_MEMORY, 2)
+_FENCED_UPSERT_EVENTS: Final = _UPSERT_EVENTS.replace(
+    "AS batch (seq, type, data)",
+    "AS batch (seq, type, data)\n    WHERE "
+    + _FENCE_EXISTS.replace("${node}", "$5").replace("${epoch}", "$6"),
+)
 
 _FAILURES: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 """What the driver raises when the database fails (anything else is the caller's)."""
@@ -286,8 +415,10 @@ async def _keep_session_state(conn: Connection) -> None:
 class PostgresStore(Store):
     """Sessions, history, summaries, memory, events (and leases) in PostgreSQL."""
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, node_id: str | None = None) -> None:
         self.url = url
+        if node_id is not None:
+            self.node_id = node_id
         self.where = display_url(url)
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
@@ -301,8 +432,8 @@ class PostgresStore(Store):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostgresStore:
-        """The store of `DATABASE_URL`."""
-        return cls(settings.database_url.get_secret_value())
+        """The store of `DATABASE_URL`, writing as node `NODE_ID`."""
+        return cls(settings.database_url.get_secret_value(), node_id=settings.node_id)
 
     # --- errors ----------
     def _error(self, problem: StorageProblem, what: str) -> StorageError:
@@ -452,12 +583,153 @@ class PostgresStore(Store):
         except (*_FAILURES, _BadRow) as exc:
             raise self._translate(exc, session_id) from exc
 
+    # --- fencing ----------
+    def _epoch_for_write(self, session_id: str) -> int | None:
+        """The epoch a write made now is conditional on (None: one process, no fence).
+
+        Read when the call is made, not when it runs: a write queued behind others stays
+        bound to the lease its caller held. Raises `Fenced` at once when this node holds
+        no lease on the session.
+        """
+        if self.fencing is None:
+            return None
+        epoch = self.fencing.epoch_of(session_id)
+        if epoch is None:
+            raise self._fenced(session_id, None)
+        return epoch
+
+    def _fenced(self, session_id: str, epoch: int | None) -> Fenced:
+        held = "no lease" if epoch is None else f"a lease of epoch {epoch} that is no longer its"
+        return Fenced(
+            f"storage error on {self.where}: node {self.node_id!r} holds {held} on session "
+            f"{session_id}; nothing was written (another node runs it)"
+        )
+
+    async def _guard(self, session_id: str, epoch: int | None, write: Awaitable[None]) -> None:
+        """Await `write`; when it was fenced, tell the lease keeper the lease is lost."""
+        try:
+            await write
+        except Fenced:
+            if epoch is not None and self.fencing is not None:
+                self.fencing.fenced(session_id, epoch)
+            raise
+
+    async def _write_one(
+        self, session_id: str, plain: str, fenced: str, row: Sequence[Any]
+    ) -> None:
+        """One statement for one session: `plain`, or in cluster mode `fenced` (the same
+        made conditional on this node's lease; nothing written when the fence fails)."""
+        epoch = self._epoch_for_write(session_id)
+
+        async def work(conn: Connection) -> None:
+            if epoch is None:
+                await conn.execute(plain, *row)
+            elif not _rows_written(await conn.execute(fenced, *row, self.node_id, epoch)):
+                raise self._fenced(session_id, epoch)
+
+        await self._guard(
+            session_id, epoch, self._run(work, write=True, session_id=session_id, single=True)
+        )
+
+    # --- leases ----------
+    async def acquire_lease(self, session_id: str, seconds: float) -> int | None:
+        async def work(conn: Connection) -> int | None:
+            try:
+                epoch = await conn.fetchval(_ACQUIRE, session_id, self.node_id, float(seconds))
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise unknown_session(session_id, self.where) from exc
+            return None if epoch is None else int(epoch)
+
+        return await self._run(work, write=True, single=True)
+
+    async def renew_leases(self, held: Mapping[str, int], seconds: float) -> set[str]:
+        if not held:
+            return set()
+        ids, epochs = list(held), [held[session_id] for session_id in held]
+
+        async def work(conn: Connection) -> set[str]:
+            rows = await conn.fetch(_RENEW, self.node_id, float(seconds), ids, epochs)
+            return {str(row[0]) for row in rows}
+
+        return await self._run(work, write=True, single=True)
+
+    async def release_leases(self, held: Mapping[str, int]) -> None:
+        if not held:
+            return
+        ids, epochs = list(held), [held[session_id] for session_id in held]
+
+        async def work(conn: Connection) -> None:
+            await conn.execute(_RELEASE, self.node_id, ids, epochs)
+
+        await self._run(work, write=True, single=True)
+
+    async def take_expired_leases(
+        self, seconds: float, *, exclude: Sequence[str] = ()
+    ) -> dict[str, int]:
+        async def work(conn: Connection) -> dict[str, int]:
+            rows = await conn.fetch(_TAKE_EXPIRED, self.node_id, float(seconds), list(exclude))
+            return {str(row[0]): int(row[1]) for row in rows}
+
+        return await self._run(work, write=True, single=True)
+
+    async def heartbeat(self, seconds: float) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(_HEARTBEAT, self.node_id, float(seconds), NODE_FORGET_SECONDS)
+
+        await self._run(work, write=True, single=True)
+
+    async def leave_cluster(self, held: Mapping[str, int]) -> None:
+        ids, epochs = list(held), [held[session_id] for session_id in held]
+
+        async def work(conn: Connection) -> None:
+            if ids:
+                await conn.execute(_RELEASE, self.node_id, ids, epochs)
+            await conn.execute("DELETE FROM nodes WHERE node_id = $1", self.node_id)
+
+        await self._run(work, write=True)
+
+    async def cluster_snapshot(self) -> ClusterSnapshot:
+        if self.fencing is None:
+            return await super().cluster_snapshot()  # one process on PostgreSQL
+
+        async def work(conn: Connection) -> ClusterSnapshot:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                nodes = [
+                    NodeInfo(
+                        node_id=row[0],
+                        started_at=row[1],
+                        last_seen_seconds=float(row[2]),
+                        alive=bool(row[3]),
+                    )
+                    for row in await conn.fetch(_NODES)
+                ]
+                leases = [
+                    LeaseInfo(
+                        session_id=row[0],
+                        node_id=row[1],
+                        epoch=row[2],
+                        held_seconds=float(row[3]),
+                        expires_in_seconds=float(row[4]),
+                    )
+                    for row in await conn.fetch(_LEASES)
+                ]
+            return ClusterSnapshot(nodes=nodes, leases=leases)
+
+        return await self._run(work, write=False)
+
     # --- sessions ----------
     async def save_session(self, record: SessionRecord) -> None:
-        async def work(conn: Connection) -> None:
-            await conn.execute(_UPSERT_SESSION, *_session_row(record))
+        row = _session_row(record)
+        if self.fencing is not None and self.fencing.epoch_of(record.id) is None:
+            # No lease yet: a node may only create a session, never change one it
+            # does not hold (its lease is taken once the row exists).
+            async def create(conn: Connection) -> None:
+                if not _rows_written(await conn.execute(_INSERT_NEW_SESSION, *row)):
+                    raise self._fenced(record.id, None)
 
-        await self._run(work, write=True, session_id=record.id, single=True)
+            await self._run(create, write=True, session_id=record.id, single=True)
+            return
+        await self._write_one(record.id, _UPSERT_SESSION, _FENCED_UPSERT_SESSION, row)
 
     async def load_sessions(self, *, include_ended: bool) -> list[SessionRecord]:
         async def work(conn: Connection) -> list[SessionRecord]:
@@ -506,11 +778,22 @@ class PostgresStore(Store):
         return await self._run(work, write=False)
 
     async def delete_session(self, session_id: str) -> None:
+        epoch = self._epoch_for_write(session_id)
+
         async def work(conn: Connection) -> None:
+            if (
+                epoch is not None
+                and await conn.fetchval(_FENCE, session_id, self.node_id, epoch) is None
+            ):
+                raise self._fenced(session_id, epoch)
             # The cascade removes history, summary, memory, events and the lease.
             await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
 
-        await self._run(work, write=True, session_id=session_id, single=True)
+        await self._guard(
+            session_id,
+            epoch,
+            self._run(work, write=True, session_id=session_id, single=epoch is None),
+        )
 
     async def expire_ended(self, before: datetime) -> list[str]:
         async def work(conn: Connection) -> list[str]:
@@ -520,10 +803,9 @@ class PostgresStore(Store):
 
     # --- history ----------
     async def save_message(self, session_id: str, message: Message) -> None:
-        async def work(conn: Connection) -> None:
-            await conn.execute(_UPSERT_MESSAGE, *_message_row(session_id, message))
-
-        await self._run(work, write=True, session_id=session_id, single=True)
+        await self._write_one(
+            session_id, _UPSERT_MESSAGE, _FENCED_UPSERT_MESSAGE, _message_row(session_id, message)
+        )
 
     async def load_messages(self, session_id: str) -> list[Message]:
         async def work(conn: Connection) -> list[Message]:
@@ -533,17 +815,9 @@ class PostgresStore(Store):
 
     # --- summaries and memory ----------
     async def save_summary(self, session_id: str, upto_turn: int, text: str) -> None:
-        async def work(conn: Connection) -> None:
-            await conn.execute(
-                "INSERT INTO summaries (session_id, upto_turn, text) VALUES ($1, $2, $3) "
-                "ON CONFLICT (session_id) DO UPDATE SET upto_turn = excluded.upto_turn, "
-                "text = excluded.text",
-                session_id,
-                upto_turn,
-                text,
-            )
-
-        await self._run(work, write=True, session_id=session_id, single=True)
+        await self._write_one(
+            session_id, _UPSERT_SUMMARY, _FENCED_UPSERT_SUMMARY, (session_id, upto_turn, text)
+        )
 
     async def load_summary(self, session_id: str) -> tuple[int, str] | None:
         async def work(conn: Connection) -> tuple[int, str] | None:
@@ -555,15 +829,7 @@ class PostgresStore(Store):
         return await self._run(work, write=False, session_id=session_id)
 
     async def save_memory(self, session_id: str, text: str) -> None:
-        async def work(conn: Connection) -> None:
-            await conn.execute(
-                "INSERT INTO memory (session_id, text) VALUES ($1, $2) "
-                "ON CONFLICT (session_id) DO UPDATE SET text = excluded.text",
-                session_id,
-                text,
-            )
-
-        await self._run(work, write=True, session_id=session_id, single=True)
+        await self._write_one(session_id, _UPSERT_MEMORY, _FENCED_UPSERT_MEMORY, (session_id, text))
 
     async def load_memory(self, session_id: str) -> str | None:
         async def work(conn: Connection) -> str | None:
@@ -584,27 +850,38 @@ class PostgresStore(Store):
         # One row per key, the last given: one statement may not upsert a row twice.
         rows = _last_of_each(events, lambda event: event.seq)
         filled = _last_of_each(messages, lambda message: message.turn)
+        epoch = self._epoch_for_write(session_id)
+        batch = (
+            session_id,
+            [event.seq for event in rows],
+            [event.type for event in rows],
+            [event.data for event in rows],
+        )
 
         async def work(conn: Connection) -> None:
+            if epoch is not None:
+                # The fence first, in the events' own statement when there are events
+                # (no extra round trip), else on its own; nothing after it runs unless
+                # the lease is this node's, and the row stays locked until the commit.
+                if rows:
+                    fenced = _FENCED_UPSERT_EVENTS
+                    if not _rows_written(await conn.execute(fenced, *batch, self.node_id, epoch)):
+                        raise self._fenced(session_id, epoch)
+                elif await conn.fetchval(_FENCE, session_id, self.node_id, epoch) is None:
+                    raise self._fenced(session_id, epoch)
             # An empty batch inserts nothing the foreign key could refuse: look.
-            if not rows and not filled and not await conn.fetchval(_KNOWN, session_id):
+            elif not rows and not filled and not await conn.fetchval(_KNOWN, session_id):
                 raise unknown_session(session_id, self.where)
             if filled:
                 await conn.executemany(
                     _UPSERT_MESSAGE, [_message_row(session_id, message) for message in filled]
                 )
-            if rows:
-                await conn.execute(
-                    _UPSERT_EVENTS,
-                    session_id,
-                    [event.seq for event in rows],
-                    [event.type for event in rows],
-                    [event.data for event in rows],
-                )
+            if rows and epoch is None:
+                await conn.execute(_UPSERT_EVENTS, *batch)
             if keep_last is not None:
                 await conn.execute(_PRUNE_EVENTS, session_id, keep_last)
 
-        await self._run(work, write=True, session_id=session_id)
+        await self._guard(session_id, epoch, self._run(work, write=True, session_id=session_id))
 
     async def load_events(self, session_id: str, *, after_seq: int = 0) -> list[EventRecord]:
         async def work(conn: Connection) -> list[EventRecord]:

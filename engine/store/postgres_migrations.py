@@ -38,7 +38,7 @@ LOCK_WAIT_SECONDS: Final = 120.0
 # schemas of one database migrate independently. hashtextextended is PostgreSQL 11+.
 _LOCK_KEY: Final = "SELECT hashtextextended('fellowship schema ' || current_schema(), 0)"
 
-TABLES: Final = ("sessions", "messages", "summaries", "memory", "events", "leases")
+TABLES: Final = ("sessions", "messages", "summaries", "memory", "events", "leases", "nodes")
 """The tables Fellowship creates (besides `schema_migrations`)."""
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -118,6 +118,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX leases_by_expiry ON leases (expires_at)",
             "CREATE INDEX leases_by_node ON leases (node_id)",
+        ),
+    ),
+    Migration(
+        version=3,
+        summary="the cluster's nodes, and when each lease was taken",
+        # A node renews its row with its leases; a scan counts the live ones to take
+        # only its share of a dead node's sessions. Times are the database's (now()).
+        statements=(
+            """CREATE TABLE nodes (
+                node_id TEXT PRIMARY KEY,
+                started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                expires_at TIMESTAMPTZ NOT NULL
+            )""",
+            "ALTER TABLE leases ADD COLUMN acquired_at TIMESTAMPTZ NOT NULL DEFAULT now()",
         ),
     ),
 )

@@ -289,13 +289,16 @@ class SqliteStore(Store):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqliteStore:
-        """The store the settings describe (`DATABASE_PATH`, `DB_*`)."""
-        return cls(
+        """The store the settings describe (`DATABASE_PATH`, `DB_*`), as node `NODE_ID`."""
+        store = cls(
             settings.database_path,
             synchronous=settings.db_synchronous,
             busy_timeout=settings.db_busy_timeout,
             quick_check=settings.db_quick_check,
         )
+        # One process, one node: it owns every session (the base's leases).
+        store.node_id = settings.node_id
+        return store
 
     # --- errors ----------
     def _error(self, problem: StorageProblem, what: str) -> StorageError:

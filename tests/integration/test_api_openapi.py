@@ -49,6 +49,7 @@ async def test_every_route_has_a_summary_and_a_description(client: httpx.AsyncCl
         ("get", "/v1/session/{token}/history"),
         ("get", "/v1/session/{token}/stream"),
         ("get", "/v1/specs"),
+        ("get", "/v1/cluster"),
         ("get", "/healthz"),
     }
     for method, path, operation in operations:

@@ -36,6 +36,8 @@ CASES: list[tuple[FellowshipError, str, int, int]] = [
     (errors.BadFrame("x"), "bad_frame", 400, WS_BAD_REQUEST),
     (errors.InvalidJson("x"), "invalid_json", 400, WS_BAD_REQUEST),
     (errors.UnknownFrameType("x"), "unknown_frame_type", 400, WS_BAD_REQUEST),
+    (errors.ClusterTokenInvalid("x"), "cluster_token", 401, WS_INTERNAL),
+    (errors.Fenced("x"), "fenced", 503, WS_TRY_AGAIN_LATER),
     (errors.ObserverToken("x"), "observer_token", 403, WS_FORBIDDEN),
     (errors.ObserverCannotTalk("x"), "observer_cannot_talk", 403, WS_FORBIDDEN),
     (errors.TalkersNotAllowed("x"), "talkers_not_allowed", 403, WS_FORBIDDEN),

@@ -124,7 +124,13 @@ async def test_the_leases_table_is_ready_for_fencing(postgres_url: str) -> None:
             "SELECT column_name FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name = 'leases' ORDER BY 1"
         )
-        assert [c[0] for c in columns] == ["epoch", "expires_at", "node_id", "session_id"]
+        assert [c[0] for c in columns] == [
+            "acquired_at",  # since version 3
+            "epoch",
+            "expires_at",
+            "node_id",
+            "session_id",
+        ]
         await conn.execute("INSERT INTO leases VALUES ('s1', 'node-a', 1, now())")
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("UPDATE leases SET epoch = 0")
