@@ -6,9 +6,9 @@ about HTTP: `server/errors.py` maps these classes (walking each one's MRO, so a
 subclass answers like its family unless it is mapped itself) to HTTP statuses and
 WebSocket close codes, by class alone.
 
-The families come first (`BadRequest`, `Forbidden`, `NotFound`, `InvalidState`,
-`TooMany`, `Unavailable`, `PayloadTooLarge`); the errors below them say which refusal
-or failure it was. `LLMError` is the one exception whose code is chosen when it is
+The families come first (`BadRequest`, `Unauthorized`, `Forbidden`, `NotFound`,
+`InvalidState`, `TooMany`, `Unavailable`, `PayloadTooLarge`); the errors below them say
+which refusal or failure it was. `LLMError` is the one exception whose code is chosen when it is
 raised: it is one of the `LLM_*` constants, which say what kind of failure a backend
 call had.
 """
@@ -53,6 +53,12 @@ class NotFound(FellowshipError):
     """No such session (or a token that does not open one)."""
 
     code = "not_found"
+
+
+class Unauthorized(FellowshipError):
+    """A credential is required and was missing or wrong (the metrics token)."""
+
+    code = "unauthorized"
 
 
 class Forbidden(FellowshipError):

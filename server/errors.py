@@ -31,6 +31,7 @@ from engine.errors import (
     ShuttingDown,
     SpecRejected,
     TooMany,
+    Unauthorized,
     Unavailable,
 )
 from engine.events import ErrorEvent
@@ -66,6 +67,7 @@ class RateLimited(TooMany):
 
 _STATUS_BY_CLASS: Final[dict[type[FellowshipError], int]] = {
     BadRequest: 400,
+    Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
     InvalidState: 409,
@@ -151,6 +153,8 @@ def map_error(exc: FellowshipError) -> MappedError:
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="fellowship"'
     return MappedError(
         status=status_for(exc),
         body=ErrorBody(error=exc.message, code=exc.code, details=_details(exc)),

@@ -110,9 +110,9 @@ def run(settings: Settings, *, mock: bool = False, display: DisplayCallback | No
     server, or the embedded one, whose build `display` shows) starts first and stops
     last, after the sessions.
     """
-    # Masked in every log line should one slip in: the default backend's key, and the
-    # keys that encrypt the stored ones.
-    secrets = [settings.llm_api_key, *settings.secret_key]
+    # Masked in every log line should one slip in: the default backend's key, the
+    # metrics token, and the keys that encrypt the stored ones.
+    secrets = [settings.llm_api_key, settings.metrics_token, *settings.secret_key]
     keys = [key.get_secret_value() for key in secrets if key.get_secret_value()]
     setup_logging(settings.log_dir, settings.log_level, api_keys=keys)
 

@@ -47,6 +47,7 @@ PATH_PARAMETER_HELP: Final = (
     "create. An unknown token answers 404 (on the WebSocket: close code 4004)."
 )
 YAML_TYPES: Final = ("application/yaml", "application/x-yaml", "text/yaml")
+METRICS_MEDIA_TYPE: Final = "text/plain"
 COMPONENTS: Final = "#/components/schemas/"
 
 # Every member of the engine's `Event` union (`Annotated[A | B | ..., discriminator]`),
@@ -58,6 +59,8 @@ CLIENT_FRAME_MODELS: Final[tuple[type[BaseModel], ...]] = (UserMessageFrame, Pin
 ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     400: "Bad input: a parameter or the body cannot be understood (`invalid_parameters`, "
     "`malformed_spec` with line and column, `bad_request`).",
+    401: "The metrics token is missing or wrong: this server sets METRICS_TOKEN and "
+    "`GET /metrics` needs `Authorization: Bearer <METRICS_TOKEN>` (`unauthorized`).",
     403: "The observer token on a route that needs the full token (`observer_token`).",
     404: "Unknown token, or unknown library spec (`not_found`, `spec_not_found`).",
     405: "The token is a reserved word: `/v1/session/create` is the create route, which "
@@ -81,6 +84,12 @@ ALWAYS_STATUSES: Final = (500,)
 # The rule of `/v1/session/<token>` ends so (see `server.conversions.TokenConverter`).
 SESSION_ITEM_RULE_END: Final = "/<token:token>"
 ERROR_HEADERS: Final[dict[int, dict[str, Any]]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "The scheme the metrics take: `Bearer`.",
+            "schema": {"type": "string"},
+        }
+    },
     405: {
         "Allow": {
             "description": "The methods the path does serve.",
@@ -105,8 +114,9 @@ can read status and history, stream, and connect as an observer; control routes 
 
 **Errors** are JSON `ErrorBody` objects `{"error": "...", "code": "..."}` (plus
 `details` for spec problems). Every route lists the statuses it can answer: 400 bad
-input, 403 observer token on a control route, 404 unknown token, 409 wrong state, 413
-too large, 422 invalid spec, 429 too many, 500 a bug, 503 shutting down.
+input, 401 missing metrics token, 403 observer token on a control route, 404 unknown
+token, 409 wrong state, 413 too large, 422 invalid spec, 429 too many, 500 a bug, 503
+shutting down.
 
 **Live events** come over Server-Sent Events (`GET /v1/session/{token}/stream`,
 `text/event-stream`: read it with any SSE client, such as a browser's EventSource) or
@@ -126,7 +136,7 @@ TAGS: Final[list[Tag | dict[Any, Any]]] = [
         "that path's `x-websocket` entry in /openapi.json, and docs/api.md.",
     ),
     Tag(name="library", description="Named specs kept by the server."),
-    Tag(name="server", description="Health of the server."),
+    Tag(name="server", description="Health and metrics of the server."),
 ]
 
 _RAW_RESPONSES_ATTRIBUTE: Final = "_fellowship_raw_responses"
