@@ -65,9 +65,7 @@ class TimedStore(Store):
         keep_last: int | None = None,
     ) -> None:
         with self._metrics.timed_write("save_events"):
-            await self.inner.save_events(
-                session_id, events, messages=messages, keep_last=keep_last
-            )
+            await self.inner.save_events(session_id, events, messages=messages, keep_last=keep_last)
 
     async def expire_ended(self, before: datetime) -> list[str]:
         with self._metrics.timed_write("expire_ended"):
