@@ -29,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
     from engine.llm.limiter import Limiter
+    from engine.llm.types import Usage
     from engine.loop import SessionLoop
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -113,8 +114,8 @@ class Metrics:
     def llm_retry(self, backend: str, code: str) -> None:
         """An attempt to `backend` failed with `code` and is tried again."""
 
-    def llm_tokens(self, backend: str, prompt: int, completion: int) -> None:
-        """Tokens `backend` reported for one call."""
+    def llm_tokens(self, backend: str, usage: Usage | None) -> None:
+        """Tokens `backend` reported for one call (none when it reported no usage)."""
 
     def events_delivered(self, count: int) -> None:
         """`count` event frames were queued to members (one per event and member)."""
@@ -233,9 +234,10 @@ class PrometheusMetrics(Metrics):
     def llm_retry(self, backend: str, code: str) -> None:
         self._llm_retries.labels(backend, code).inc()
 
-    def llm_tokens(self, backend: str, prompt: int, completion: int) -> None:
-        self._llm_tokens.labels(backend, "prompt").inc(prompt)
-        self._llm_tokens.labels(backend, "completion").inc(completion)
+    def llm_tokens(self, backend: str, usage: Usage | None) -> None:
+        if usage is not None:
+            self._llm_tokens.labels(backend, "prompt").inc(usage.prompt_tokens)
+            self._llm_tokens.labels(backend, "completion").inc(usage.completion_tokens)
 
     def events_delivered(self, count: int) -> None:
         if count:

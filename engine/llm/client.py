@@ -282,11 +282,7 @@ class LLMClient:
                 continue
             latency_ms = (self._clock() - started) * 1000
             self._metrics.llm_call(backend.display_url, latency_ms / 1000, ok=True)
-            if reply.usage is not None:
-                usage = reply.usage
-                self._metrics.llm_tokens(
-                    backend.display_url, usage.prompt_tokens, usage.completion_tokens
-                )
+            self._metrics.llm_tokens(backend.display_url, reply.usage)
             logger.debug(
                 "LLM call to %s done: model=%s attempts=%d latency=%.0fms finish=%s",
                 backend.display_url,

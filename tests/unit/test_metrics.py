@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.hub import LocalHub
 from engine.hub.base import CLOSE_TOO_SLOW, Frame
+from engine.llm.types import Usage
 from engine.metrics import NO_METRICS, LiveState, Metrics, PrometheusMetrics
 from engine.store.base import SessionRecord, StorageError, Store
 from engine.store.in_memory import MemoryStore
@@ -49,7 +50,8 @@ def test_each_recording_lands_in_its_family_with_its_labels() -> None:
     metrics.llm_call("http://llm/v1", 7.0, ok=False)
     metrics.llm_error("http://llm/v1", "llm_timeout")
     metrics.llm_retry("http://llm/v1", "llm_server_error")
-    metrics.llm_tokens("http://llm/v1", 120, 30)
+    metrics.llm_tokens("http://llm/v1", Usage(prompt_tokens=120, completion_tokens=30))
+    metrics.llm_tokens("http://llm/v1", None)
     metrics.events_delivered(5)
     metrics.events_delivered(0)
     metrics.member_dropped()
