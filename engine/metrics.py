@@ -128,20 +128,21 @@ class Metrics:
 
     @contextlib.contextmanager
     def timed_write(self, operation: str) -> Iterator[None]:
-        """Time the body as one store write; a raised exception counts it as failed."""
+        """Time the body as one store write; an exception counts it as failed (a
+        cancellation is not the store's doing and is not counted)."""
         started = time.perf_counter()
-        ok = False
         try:
             yield
-            ok = True
-        finally:
-            self.store_write(operation, time.perf_counter() - started, ok=ok)
+        except Exception:
+            self.store_write(operation, time.perf_counter() - started, ok=False)
+            raise
+        self.store_write(operation, time.perf_counter() - started, ok=True)
 
     def orchestrator_decision(self, rung: str, action: str) -> None:
         """The orchestrator decided `action` on the ladder's `rung`."""
 
     def watch(self, live: Callable[[], LiveState]) -> None:
-        """Read the gauges from `live()` at every scrape."""
+        """Read the gauges from `live()` at every scrape (one source per metrics object)."""
 
     def exposition(self) -> bytes:
         """Everything recorded, in the Prometheus text format (`CONTENT_TYPE`)."""
