@@ -388,6 +388,11 @@ class Settings(BaseSettings):
     console_poll_seconds: float = Field(
         5.0, gt=0, description="How often the web console refreshes a session's status."
     )
+    metrics_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token GET /metrics requires (empty: open to anyone who can "
+        "reach the server). A secret: never logged.",
+    )
 
     # --- storage, logs, library ---------------------------------------------------
     database_path: Path = Field(

@@ -6,9 +6,9 @@ about HTTP: `server/errors.py` maps these classes (walking each one's MRO, so a
 subclass answers like its family unless it is mapped itself) to HTTP statuses and
 WebSocket close codes, by class alone.
 
-The families come first (`BadRequest`, `Unauthorized`, `Forbidden`, `NotFound`, `InvalidState`,
-`TooMany`, `Unavailable`, `PayloadTooLarge`); the errors below them say which refusal
-or failure it was. `LLMError` is the one exception whose code is chosen when it is
+The families come first (`BadRequest`, `Unauthorized`, `Forbidden`, `NotFound`,
+`InvalidState`, `TooMany`, `Unavailable`, `PayloadTooLarge`); the errors below them say
+which refusal or failure it was. `LLMError` is the one exception whose code is chosen when it is
 raised: it is one of the `LLM_*` constants, which say what kind of failure a backend
 call had.
 """
@@ -56,7 +56,7 @@ class NotFound(FellowshipError):
 
 
 class Unauthorized(FellowshipError):
-    """A credential is missing or wrong (an admin token sent as a Bearer token)."""
+    """A credential is missing or wrong (the metrics token, the cluster admin token)."""
 
     code = "unauthorized"
 

@@ -37,6 +37,7 @@ from engine.events import (
 from engine.history import Message
 from engine.hub import CLOSE_SESSION_ENDED
 from engine.llm.client import Backend
+from engine.metrics import TurnResult
 from engine.outage import answers, is_outage, outage_notice, retry_delays
 from engine.rectifier import Slot
 from engine.session import Member, Session
@@ -285,6 +286,7 @@ class SessionLoop:
             return message, events
 
         await self._record(place)
+        session.deps.metrics.turn_finished(_result_of(outcome))
         self._slot = None
         if self.replies_owed > 0:
             self.replies_owed -= 1
@@ -515,3 +517,10 @@ class SessionLoop:
             raise
         except Exception as exc:
             raise StorageFailure(f"could not store the history: {exc}", problem="other") from exc
+
+
+def _result_of(outcome: TurnOutcome) -> TurnResult:
+    """How a settled turn counts in the metrics."""
+    if outcome.ok:
+        return "ok"
+    return "cancelled" if isinstance(outcome.error, TurnCancelled) else "failed"

@@ -31,6 +31,7 @@ from engine.llm.client import Backend, LLMClient, named_backend
 from engine.llm.protocol import ChatClient
 from engine.loop import SessionLoop
 from engine.memory import write_memory
+from engine.metrics import LiveState, Metrics, PrometheusMetrics, sample_live
 from engine.orchestrator import Orchestrator
 from engine.registry import Handle, SessionRegistry
 from engine.restore import Restored, restore_all
@@ -47,6 +48,7 @@ from engine.status import (
 from engine.store.base import SessionRecord, Store
 from engine.store.in_memory import MemoryStore
 from engine.store.secrets import SecretBox, seal_secrets, seal_stored
+from engine.store.timed import TimedStore
 from engine.summarizer import summarize
 from engine.tokens import get_counter
 
@@ -76,7 +78,9 @@ class SessionManager:
     What it is given besides the settings is what a deployment may replace: the
     store, the LLM client (and through it the concurrency limiters), the clock,
     and the factory of each session's event hub. Left out, each is the in-process
-    default.
+    default. `metrics` (by default a Prometheus registry of this manager's own) counts
+    what the sessions do; a client passed in as `llm` records into it only if it was
+    built with it.
     """
 
     def __init__(
@@ -89,15 +93,18 @@ class SessionManager:
         hubs: HubFactory = local_hub,
         secret_box: SecretBox | None = None,
         housekeeping_interval: float = HOUSEKEEPING_INTERVAL,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or PrometheusMetrics()
         self.deps = EngineDeps(
             settings=settings,
-            llm=llm or LLMClient(settings),
-            store=store or MemoryStore(),
+            llm=llm or LLMClient(settings, metrics=self.metrics),
+            store=TimedStore(store or MemoryStore(), self.metrics),
             clock=clock or SystemClock(),
             counter=get_counter(settings.tokenizer),
             hubs=hubs,
+            metrics=self.metrics,
         )
         self.secret_box = secret_box or _secret_box(settings, self.deps.store)
         self.checks = InputChecks(settings)
@@ -107,6 +114,7 @@ class SessionManager:
         )
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.metrics.watch(self.live_state)
 
     # --- lifecycle of the manager ----------
     async def start(self) -> None:
@@ -188,7 +196,7 @@ class SessionManager:
         options = session.options
         loop = SessionLoop(
             session,
-            selector=Orchestrator() if options.turn_order == "orchestrated" else None,
+            selector=Orchestrator(self.metrics) if options.turn_order == "orchestrated" else None,
             summarizer=summarize if options.summarize_context else None,
             on_end=self._session_ended,
             restored=restored,
@@ -361,6 +369,12 @@ class SessionManager:
     def live_sessions(self) -> int:
         """Sessions not ended."""
         return self._sessions.live_count()
+
+    def live_state(self) -> LiveState:
+        """The gauges of the metrics: sessions, members and queue depths right now."""
+        llm = self.deps.llm
+        limiters = llm.limiters() if isinstance(llm, LLMClient) else {}
+        return sample_live(self._sessions.loops(), limiters)
 
     # --- secrets at rest ----------
     def _storage_json(self, spec: SessionSpec, session_id: str) -> str:

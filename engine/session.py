@@ -33,6 +33,7 @@ from engine.hub import CLOSE_LEFT, Frame, Hub, HubFactory, HubOptions, Subscript
 from engine.llm.client import Backend, named_backend
 from engine.llm.protocol import ChatClient
 from engine.logs import SessionLogger, session_logger
+from engine.metrics import NO_METRICS, Metrics
 from engine.prompts import PromptParts, system_prompt
 from engine.rectifier import Rectifier
 from engine.spec.issues import format_path
@@ -58,6 +59,7 @@ class EngineDeps:
     clock: Clock
     counter: TokenCounter
     hubs: HubFactory = local_hub
+    metrics: Metrics = NO_METRICS
 
 
 def spec_backends(spec: SessionSpec, settings: Settings) -> tuple[dict[str, Backend], list[str]]:
@@ -120,6 +122,7 @@ class Session:
                 buffer_size=deps.settings.event_buffer_size,
                 member_queue_size=deps.settings.member_queue_size,
                 now=deps.clock.now,
+                metrics=deps.metrics,
             )
         )
         self.log: SessionLogger = session_logger("fellowship.session", self.id)

@@ -110,10 +110,11 @@ def run(settings: Settings, *, mock: bool = False, display: DisplayCallback | No
     server, or the embedded one, whose build `display` shows) starts first and stops
     last, after the sessions.
     """
-    # Masked in every log line should one slip in: the backends' keys, and the keys
-    # that encrypt the stored ones.
+    # Masked in every log line should one slip in: the backends' keys, the metrics and
+    # cluster admin tokens, and the keys that encrypt the stored ones.
     named = [entry.api_key for entry in settings.llm_backends.values() if entry.api_key]
-    secrets = [settings.llm_api_key, *named, *settings.secret_key]
+    tokens = [settings.metrics_token, settings.cluster_admin_token]
+    secrets = [settings.llm_api_key, *named, *tokens, *settings.secret_key]
     keys = [key.get_secret_value() for key in secrets if key.get_secret_value()]
     setup_logging(settings.log_dir, settings.log_level, api_keys=keys)
 

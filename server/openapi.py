@@ -47,6 +47,7 @@ PATH_PARAMETER_HELP: Final = (
     "create. An unknown token answers 404 (on the WebSocket: close code 4004)."
 )
 YAML_TYPES: Final = ("application/yaml", "application/x-yaml", "text/yaml")
+METRICS_MEDIA_TYPE: Final = "text/plain"
 COMPONENTS: Final = "#/components/schemas/"
 
 # Every member of the engine's `Event` union (`Annotated[A | B | ..., discriminator]`),
@@ -58,7 +59,9 @@ CLIENT_FRAME_MODELS: Final[tuple[type[BaseModel], ...]] = (UserMessageFrame, Pin
 ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     400: "Bad input: a parameter or the body cannot be understood (`invalid_parameters`, "
     "`malformed_spec` with line and column, `bad_request`).",
-    401: "A missing or wrong admin token (`cluster_token`, with `WWW-Authenticate`).",
+    401: "A missing or wrong token: the admin token of `/v1/cluster` (`cluster_token`), or "
+    "the metrics token when this server sets METRICS_TOKEN (`unauthorized`); with "
+    "`WWW-Authenticate`.",
     403: "The observer token on a route that needs the full token (`observer_token`).",
     404: "Unknown token, or unknown library spec (`not_found`, `spec_not_found`); on "
     "`/v1/cluster`, the server has no CLUSTER_ADMIN_TOKEN (the route is off: `not_found`).",
@@ -113,8 +116,9 @@ can read status and history, stream, and connect as an observer; control routes 
 
 **Errors** are JSON `ErrorBody` objects `{"error": "...", "code": "..."}` (plus
 `details` for spec problems). Every route lists the statuses it can answer: 400 bad
-input, 403 observer token on a control route, 404 unknown token, 409 wrong state, 413
-too large, 422 invalid spec, 429 too many, 500 a bug, 503 shutting down.
+input, 401 missing metrics token, 403 observer token on a control route, 404 unknown
+token, 409 wrong state, 413 too large, 422 invalid spec, 429 too many, 500 a bug, 503
+shutting down.
 
 **Live events** come over Server-Sent Events (`GET /v1/session/{token}/stream`,
 `text/event-stream`: read it with any SSE client, such as a browser's EventSource) or
@@ -134,7 +138,7 @@ TAGS: Final[list[Tag | dict[Any, Any]]] = [
         "that path's `x-websocket` entry in /openapi.json, and docs/api.md.",
     ),
     Tag(name="library", description="Named specs kept by the server."),
-    Tag(name="server", description="Health of the server."),
+    Tag(name="server", description="Health and metrics of the server."),
     Tag(name="cluster", description="Nodes and the sessions each runs (admin)."),
 ]
 

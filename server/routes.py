@@ -4,6 +4,9 @@ Each handler reads its parameters into a model, calls one `SessionManager` metho
 answers JSON. Errors are raised as the engine's typed errors and turned into JSON
 answers by `server.errors`; nothing here decides anything about sessions.
 
+`GET /metrics` serves the engine's Prometheus metrics (docs/operations.md), behind
+`METRICS_TOKEN` when one is set.
+
 Tokens travel in the path. The full token opens every route; the observer token opens
 status, history, stream and observer connections, and gets 403 elsewhere. An unknown
 token gets the same 404 whether or not a session ever existed.
@@ -11,6 +14,7 @@ token gets the same 404 whether or not a session ever existed.
 
 from __future__ import annotations
 
+import hmac
 from importlib.metadata import PackageNotFoundError, version
 
 from quart import Blueprint, Response, request
@@ -26,8 +30,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from engine.auth import hashes_match, token_hash
 from engine.cluster.view import ClusterView, cluster_view
 from engine.config import Settings
-from engine.errors import ClusterTokenInvalid, NotFound, SpecIssue, SpecTooLarge
+from engine.errors import ClusterTokenInvalid, NotFound, SpecIssue, SpecTooLarge, Unauthorized
 from engine.manager import CreatedSession
+from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.spec.library import list_specs, load_named_spec
 from engine.spec.loader import load_spec, read_spec_document
 from engine.spec.models import SessionSpec
@@ -39,7 +44,12 @@ from server.api_models import (
     SpecLibraryResponse,
 )
 from server.conversions import json_response, parse_params
-from server.openapi import CLUSTER_ADMIN_SCHEME, document_errors
+from server.openapi import (
+    CLUSTER_ADMIN_SCHEME,
+    METRICS_MEDIA_TYPE,
+    document_errors,
+    document_raw_response,
+)
 from server.state import current_state
 
 blueprint = Blueprint("sessions", __name__)
@@ -273,3 +283,39 @@ def _check_admin_token(settings: Settings, authorization: str) -> None:
     # Compared as hashes: equal lengths, constant time, whatever was sent.
     if not hashes_match(token_hash(given.strip()), token_hash(expected)):
         raise refused
+# --- metrics ---------------------------------------------------------------------------------
+
+
+@blueprint.get("/metrics")
+@tag(["server"])
+@document_raw_response(
+    200,
+    "Every metric of this process in the Prometheus text exposition format (0.0.4).",
+    {METRICS_MEDIA_TYPE: {"schema": {"type": "string"}}},
+)
+@document_errors(401)
+async def metrics() -> Response:
+    """Prometheus metrics.
+
+    What this process counts and holds: sessions by state, turns, LLM call latency,
+    errors, retries and tokens by backend, events delivered, members dropped as too
+    slow, members, queue depths, store write latency and orchestrator decisions
+    (docs/operations.md lists each one). Each server process, each node of a cluster,
+    serves its own. When the server sets METRICS_TOKEN, the request must carry
+    `Authorization: Bearer <METRICS_TOKEN>`; 401 `unauthorized` otherwise.
+    """
+    state = current_state()
+    _check_metrics_token(state.settings.metrics_token.get_secret_value())
+    body = state.manager.metrics.exposition()
+    return Response(body, status=200, content_type=METRICS_CONTENT_TYPE)
+
+
+def _check_metrics_token(expected: str) -> None:
+    """Refuse the scrape unless it carries the metrics token (none set: anyone may)."""
+    if not expected:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # Constant time, so the token cannot be guessed from how long a refusal takes.
+    matches = hmac.compare_digest(given.strip().encode(), expected.encode())
+    if scheme.lower() != "bearer" or not matches:
+        raise Unauthorized("this server's metrics need `Authorization: Bearer <METRICS_TOKEN>`")

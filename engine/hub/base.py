@@ -24,6 +24,7 @@ from datetime import datetime
 
 from engine.events import BaseEvent, HistoryEvent
 from engine.history import Message
+from engine.metrics import NO_METRICS, Metrics
 
 # Why a member's stream closed (the WebSocket close reason; server/errors.py maps them).
 CLOSE_SESSION_ENDED = "session ended"
@@ -149,6 +150,11 @@ class Hub(ABC):
     def member_count(self) -> int:
         """Members subscribed through this hub."""
 
+    @property
+    def pending_writes(self) -> int:
+        """Writes queued behind the one under way (a metrics gauge; 0 where none queue)."""
+        return 0
+
     @abstractmethod
     def publish(self, event: BaseEvent) -> None:
         """Send `event` to every member: numbered, stored, then delivered.
@@ -201,6 +207,7 @@ class HubOptions:
     buffer_size: int  # events kept for replay
     member_queue_size: int  # frames a member may fall behind before it is dropped
     now: Now
+    metrics: Metrics = NO_METRICS  # events delivered, members dropped as too slow
 
 
 HubFactory = Callable[[HubOptions], Hub]

@@ -31,6 +31,7 @@ from engine.history import Message
 from engine.hub.base import (
     CLOSE_RECONNECT,
     CLOSE_SESSION_ENDED,
+    CLOSE_TOO_SLOW,
     Frame,
     Hub,
     HubOptions,
@@ -39,6 +40,7 @@ from engine.hub.base import (
     Snapshot,
     Subscription,
 )
+from engine.metrics import NO_METRICS, Metrics
 
 log = logging.getLogger("fellowship.hub")
 
@@ -79,6 +81,7 @@ class LocalHub(Hub):
         now: Now | None = None,
         first_seq: int = 0,
         persist: Persist | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._buffer: deque[Frame] = deque()
         self._buffer_size = buffer_size
@@ -87,6 +90,7 @@ class LocalHub(Hub):
         self._now = now or (lambda: datetime.now(UTC))
         self._ids = itertools.count(1)
         self._persist = persist
+        self._metrics = metrics
         self.on_persist_error = None
         self._pending: list[_Write | _Join] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -100,6 +104,11 @@ class LocalHub(Hub):
     def member_count(self) -> int:
         """Members currently subscribed."""
         return len(self._members)
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes queued behind the one under way."""
+        return sum(1 for entry in self._pending if isinstance(entry, _Write))
 
     # --- publishing ----------
     def publish(self, event: BaseEvent) -> None:
@@ -194,6 +203,7 @@ class LocalHub(Hub):
 
     def _deliver(self, frames: list[Frame]) -> None:
         buffer = self._buffer
+        self._metrics.events_delivered(len(frames) * len(self._members))
         for frame in frames:
             if len(buffer) >= self._buffer_size:
                 self.floor = buffer.popleft().seq
@@ -271,6 +281,8 @@ class LocalHub(Hub):
     def discard(self, sub: Subscription) -> None:
         """Forget a member (called when its subscription closes)."""
         self._members.pop(sub.member_id, None)
+        if sub.close_reason == CLOSE_TOO_SLOW:
+            self._metrics.member_dropped()
 
     def close(self, reason: str = CLOSE_SESSION_ENDED) -> None:
         """End every member's stream after the events already published."""
@@ -292,4 +304,5 @@ def local_hub(options: HubOptions) -> LocalHub:
         now=options.now,
         first_seq=options.first_seq,
         persist=options.persist,
+        metrics=options.metrics,
     )

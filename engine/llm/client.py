@@ -65,6 +65,7 @@ from engine.llm.stream import ThinkSplitter, ToolCallAssembler, split_think, sse
 from engine.llm.types import ChatRequest, Completion, Usage
 from engine.llm.url_guard import check_backend_url, display_url, normalise_url
 from engine.logs import secret_filter
+from engine.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ class LLMClient:
 
     `sleep` and `clock` are injectable so tests can observe retry delays without waiting;
     `transport` replaces the network (tests replay recorded backend answers with it);
-    `limiters` builds each backend's concurrency bound.
+    `limiters` builds each backend's concurrency bound; `metrics` counts calls, errors
+    and tokens by backend (its display URL).
     Close with `await client.aclose()` (or `async with LLMClient(...)`).
     """
 
@@ -158,6 +160,7 @@ class LLMClient:
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.AsyncBaseTransport | None = None,
         limiters: LimiterFactory = local_limiter,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._settings = settings
         self._sleep = sleep
@@ -167,6 +170,7 @@ class LLMClient:
         self._new_limiter = limiters
         self._limiters: dict[str, Limiter] = {}
         self._states: dict[tuple[str, type[Any]], Any] = {}
+        self._metrics = metrics
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -205,6 +209,10 @@ class LLMClient:
             self._limiters[backend.base_url] = limiter
         return limiter
 
+    def limiters(self) -> dict[str, Limiter]:
+        """Every backend's concurrency bound so far, by display URL (for the metrics)."""
+        return {display_url(url): limiter for url, limiter in self._limiters.items()}
+
     def state_for(self, backend: Backend, kind: type[_State]) -> _State:
         """What callers learn about one backend, kept for as long as the client lives.
 
@@ -236,6 +244,7 @@ class LLMClient:
         """
         if backend.unreadable_key is not None:
             # Never another key in its place (the server's own would leak to this URL).
+            self._metrics.llm_error(backend.display_url, LLM_SECRET_UNREADABLE)
             raise LLMError(
                 f"this session cannot reach its backend: {backend.unreadable_key}",
                 code=LLM_SECRET_UNREADABLE,
@@ -263,6 +272,8 @@ class LLMClient:
                 detail = self._redact(failure.detail, backend)
                 if not failure.retryable or attempt > settings.llm_retries:
                     where = backend.display_url
+                    self._metrics.llm_call(where, self._clock() - started, ok=False)
+                    self._metrics.llm_error(where, failure.code)
                     raise failure.final_error(detail, where=where, attempts=attempt) from None
                 delay = settings.llm_retry_delay
                 if failure.retry_after is not None:
@@ -278,6 +289,7 @@ class LLMClient:
                     detail,
                     extra=log_extra,
                 )
+                self._metrics.llm_retry(backend.display_url, failure.code)
                 if on_retry is not None:
                     await on_retry(
                         RetryNotice(
@@ -292,6 +304,8 @@ class LLMClient:
                 await self._sleep(delay)
                 continue
             latency_ms = (self._clock() - started) * 1000
+            self._metrics.llm_call(backend.display_url, latency_ms / 1000, ok=True)
+            self._metrics.llm_tokens(backend.display_url, reply.usage)
             logger.debug(
                 "LLM call to %s done: model=%s attempts=%d latency=%.0fms finish=%s",
                 backend.display_url,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from engine.errors import LLM_REJECTED, LLMError
 from engine.llm.types import ChatRequest, Completion
+from engine.metrics import NO_METRICS, Metrics
 from engine.orchestrator.prompt import corrected, orchestrator_request
 from engine.orchestrator.reading import Action, Reading, Rung, read_reply, read_structured
 from engine.orchestrator.tools import Menu, menu_for
@@ -45,6 +46,9 @@ class Orchestrator:
 
     deliberates = True
 
+    def __init__(self, metrics: Metrics = NO_METRICS) -> None:
+        self._metrics = metrics
+
     async def select(self, view: TurnView) -> Decision:
         """Ask the model who speaks next; never raises, falls back to round robin."""
         try:
@@ -67,6 +71,7 @@ class Orchestrator:
             routing.attempts,
         )
         view.debug("orchestrator", **routing.model_dump())
+        self._metrics.orchestrator_decision(routing.rung, routing.action)
         return Decision(routing.action, bot=routing.bot, reason=routing.reason)
 
     async def _route(self, view: TurnView) -> Routing:

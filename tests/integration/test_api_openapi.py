@@ -51,6 +51,7 @@ async def test_every_route_has_a_summary_and_a_description(client: httpx.AsyncCl
         ("get", "/v1/specs"),
         ("get", "/v1/cluster"),
         ("get", "/healthz"),
+        ("get", "/metrics"),
     }
     for method, path, operation in operations:
         assert operation.get("summary"), (method, path)

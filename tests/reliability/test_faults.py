@@ -23,6 +23,7 @@ import pytest
 
 from engine.llm.mock import Fault, MockLLM, MockReply
 from engine.store.sqlite import SqliteStore
+from engine.store.timed import TimedStore
 from tests.integration.conftest import (
     RunningServer,
     ServerFactory,
@@ -252,7 +253,9 @@ async def test_every_fault_mode_is_covered_by_a_test() -> None:
 async def fill_the_disk(server: RunningServer) -> Callable[[], Awaitable[None]]:
     """Cap the database at its current size, so the next write that needs a page fails
     as `disk_full`; return what lifts the cap again."""
-    store = server.manager.deps.store
+    timed = server.manager.deps.store
+    assert isinstance(timed, TimedStore)  # the manager times the writes of its store
+    store = timed.inner
     assert isinstance(store, SqliteStore)
     conn = store._conn
     assert conn is not None

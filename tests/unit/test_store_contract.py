@@ -2,7 +2,8 @@
 for call.
 
 Every test here runs against every store (PostgreSQL in a schema of its own per
-test). What the engine relies on: upserts that keep what hangs off a row, history
+test), and against the `TimedStore` the manager wraps around any of them (here around
+SQLite). What the engine relies on: upserts that keep what hangs off a row, history
 in position order, a reserved slot replaced by its filled message, tombstones kept,
 the spec (with its secrets) stored but never shown, and data refused for a session
 that is not stored.
@@ -20,10 +21,12 @@ import pytest
 
 from engine.history import Message
 from engine.llm.types import Usage
+from engine.metrics import PrometheusMetrics
 from engine.store.base import EventRecord, SessionRecord, StorageError, Store
 from engine.store.in_memory import MemoryStore
 from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
+from engine.store.timed import TimedStore
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 API_KEY = "sk-very-secret-key-1234"
@@ -34,11 +37,13 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Sto
         return MemoryStore()
     if kind == "sqlite":
         return SqliteStore(tmp_path / "f.db")
+    if kind == "timed":
+        return TimedStore(SqliteStore(tmp_path / "f.db"), PrometheusMetrics())
     # Asked for only here, so that the other stores run without a PostgreSQL.
     return PostgresStore(request.getfixturevalue("postgres_url"))
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "timed", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     made = make_store(request.param, request, tmp_path)
     await made.open()
