@@ -66,7 +66,7 @@ async def collect(stream: EventStream, until: type[Event] = SessionEnd) -> list[
     return events
 
 
-# --- the HTTP calls --------------------------------------------------------------------------------
+# --- the HTTP calls ---------------------------------------------------------------------------
 
 
 async def test_create_accepts_a_dict_yaml_text_and_a_session_spec(fc: FellowshipClient) -> None:
