@@ -367,6 +367,11 @@ class EventStream:
         return self._last_seq
 
     @property
+    def connected(self) -> bool:
+        """Whether a connection is open right now (False while reconnecting)."""
+        return self._link is not None and self._link.open
+
+    @property
     def finished(self) -> bool:
         """Whether the stream will deliver nothing more."""
         return self._done and not self._ready
