@@ -27,6 +27,7 @@ from fellowship.client import (
     SpecNotFound,
     StreamClosed,
     TalkersNotAllowed,
+    Transport,
 )
 from tests.integration.conftest import RunningServer, spec_dict
 from tests.support.engine import WAIT_SECONDS
@@ -78,7 +79,8 @@ async def test_create_accepts_a_dict_yaml_text_and_a_session_spec(fc: Fellowship
         assert created.observer_token.startswith("fso_")
         assert created.token not in repr(created) and created.observer_token not in repr(created)
     assert from_yaml.spec["name"] == "Tea or coffee"
-    assert [b["name"] for b in from_model.spec["bots"]] == ["Alice", "Bob", "Carol"]  # type: ignore[index, union-attr]
+    bots = from_model.spec["bots"]
+    assert isinstance(bots, list) and [b["name"] for b in bots] == ["Alice", "Bob", "Carol"]
 
 
 async def test_create_from_the_library_with_overrides(fc: FellowshipClient) -> None:
@@ -113,9 +115,10 @@ async def test_an_unknown_token_raises_not_found_everywhere(fc: FellowshipClient
         with pytest.raises(NotFound) as refused:
             await call(UNKNOWN_TOKEN)
         assert refused.value.status == 404 and UNKNOWN_TOKEN not in str(refused.value)
-    for transport in ("sse", "ws"):
+    transports: tuple[Transport, ...] = ("sse", "ws")
+    for transport in transports:
         with pytest.raises(NotFound):
-            await collect(fc.observe(UNKNOWN_TOKEN, transport=transport))  # type: ignore[arg-type]
+            await collect(fc.observe(UNKNOWN_TOKEN, transport=transport))
     with pytest.raises(NotFound) as refused:
         await fc.talk(UNKNOWN_TOKEN, "Dana").send("hello?")
     assert refused.value.close_code == 4004
@@ -170,10 +173,10 @@ async def test_an_invalid_spec_raises_invalid_spec_with_every_issue(fc: Fellowsh
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 async def test_observe_yields_typed_events_from_history_to_session_end(
-    fc: FellowshipClient, transport: str
+    fc: FellowshipClient, transport: Transport
 ) -> None:
     created = await fc.create(spec_dict(max_turns=4))
-    events = await collect(fc.observe(created.observer_token, transport=transport))  # type: ignore[arg-type]
+    events = await collect(fc.observe(created.observer_token, transport=transport))
     assert isinstance(events[0], HistoryEvent)
     assert isinstance(events[-1], SessionEnd) and events[-1].reason == "max_turns"
     replies = {e.turn for e in events if isinstance(e, BotMessage)}
@@ -185,15 +188,15 @@ async def test_observe_yields_typed_events_from_history_to_session_end(
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 async def test_observing_an_ended_session_gives_its_history_and_stops(
-    fc: FellowshipClient, transport: str
+    fc: FellowshipClient, transport: Transport
 ) -> None:
     created = await fc.create(spec_dict(max_turns=2))
-    first = await collect(fc.observe(created.observer_token, transport=transport))  # type: ignore[arg-type]
-    events = [e async for e in fc.observe(created.observer_token, transport=transport)]  # type: ignore[arg-type]
+    first = await collect(fc.observe(created.observer_token, transport=transport))
+    events = [e async for e in fc.observe(created.observer_token, transport=transport)]
     assert [e.type for e in events] == ["history"]
     assert isinstance(events[0], HistoryEvent) and len(events[0].messages) == 2
     # Resuming after the last event: nothing is missing, and nothing comes.
-    again = fc.observe(created.observer_token, transport=transport, since=first[-1].seq)  # type: ignore[arg-type]
+    again = fc.observe(created.observer_token, transport=transport, since=first[-1].seq)
     assert [e async for e in again] == []
 
 

@@ -30,6 +30,7 @@ from fellowship.client import (
     SessionEnd,
     Talk,
     TalkerMessage,
+    Transport,
     TurnEnd,
 )
 from tests.integration.conftest import RunningServer, spec_dict
@@ -141,6 +142,9 @@ class Reader:
     def count(self, kind: type[Event]) -> int:
         return sum(1 for e in self.events if isinstance(e, kind))
 
+    async def until_count(self, kind: type[Event], count: int) -> None:
+        await self.until(lambda _: self.count(kind) >= count)
+
     async def finish(self) -> list[Event]:
         await asyncio.wait_for(self.task, WAIT_SECONDS)
         return self.events
@@ -200,7 +204,7 @@ async def keep_cutting(proxy: CuttingProxy, rng: random.Random, stop: asyncio.Ev
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 @pytest.mark.parametrize("seed", [5, 17])
 async def test_an_observer_gets_every_event_once_through_cut_connections(
-    server: RunningServer, proxy: tuple[CuttingProxy, str], transport: str, seed: int
+    server: RunningServer, proxy: tuple[CuttingProxy, str], transport: Transport, seed: int
 ) -> None:
     cutter, base = proxy
     rng = random.Random(seed)
@@ -209,7 +213,7 @@ async def test_an_observer_gets_every_event_once_through_cut_connections(
         FellowshipClient(base, reconnect=POLICY) as fc,
     ):
         created = await direct.create(spec_dict(max_turns=14, stream_tokens=True))
-        reader = Reader(fc.observe(created.observer_token, transport=transport))  # type: ignore[arg-type]
+        reader = Reader(fc.observe(created.observer_token, transport=transport))
         stop = asyncio.Event()
         cutting = asyncio.create_task(keep_cutting(cutter, rng, stop))
         try:
@@ -229,7 +233,7 @@ async def test_an_observer_gets_every_event_once_through_cut_connections(
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 async def test_a_fresh_history_is_passed_on_when_the_missed_events_are_gone(
-    server_factory: Any, transport: str
+    server_factory: Any, transport: Transport
 ) -> None:
     server: RunningServer = await server_factory(event_buffer_size=16)
     cutter = CuttingProxy(server.port)
@@ -240,7 +244,7 @@ async def test_a_fresh_history_is_passed_on_when_the_missed_events_are_gone(
             FellowshipClient(base, reconnect=POLICY) as fc,
         ):
             created = await direct.create(spec_dict(max_turns=10, stream_tokens=True))
-            reader = Reader(fc.observe(created.observer_token, transport=transport))  # type: ignore[arg-type]
+            reader = Reader(fc.observe(created.observer_token, transport=transport))
             await reader.until(lambda events: any(isinstance(e, BotMessage) for e in events))
             cutter.refusing = True
             cutter.cut()
@@ -293,14 +297,10 @@ async def test_a_talker_sends_each_message_once_and_hears_everything_through_cut
             assert not sending.done()
             cutter.refusing = False
             await asyncio.wait_for(sending, WAIT_SECONDS)
-            await reader.until(
-                lambda events, n=round_: n + 1 == sum(isinstance(e, TalkerMessage) for e in events)
-            )
+            await reader.until_count(TalkerMessage, round_ + 1)
             # Cut again while the bots answer: their replies are replayed, not lost.
             cutter.cut()
-            await reader.until(
-                lambda events, n=round_: 2 * (n + 1) == sum(isinstance(e, TurnEnd) for e in events)
-            )
+            await reader.until_count(TurnEnd, 2 * (round_ + 1))
         await direct.end(created.token)
         events = await reader.finish()
         history = await direct.history(created.token)
