@@ -446,6 +446,9 @@ class EventStream:
                         break
                     self._failed(str(exc), exc)
                     continue
+                if self._done:  # closed by the application while joining
+                    await link.close()
+                    break
                 if self._joined_once:
                     self.reconnects += 1
                     log.info("reconnected after seq %s", self._last_seq)
