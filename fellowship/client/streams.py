@@ -420,11 +420,15 @@ class EventStream:
 
     # --- connecting ----------
 
-    async def _connected(self) -> _Link | None:
-        """The open link, joining (again) first if needed; None once the stream is done."""
+    async def _connected(self, *, to_send: bool = False) -> _Link | None:
+        """The current link, joining (again) first if needed; None once the stream is done.
+
+        A reader keeps a link that has closed until it has read what is left on it and
+        how it ended; a sender needs an open one.
+        """
         async with self._lock:
             while not self._done:
-                if self._link is not None and self._link.open:
+                if self._link is not None and (self._link.open or not to_send):
                     return self._link
                 if self._link is not None:
                     self._lost(self._link, "the connection closed")
@@ -456,8 +460,6 @@ class EventStream:
                 self._attempt, self._failing_since, self._last_failure = 0, None, None
                 for raw in frames:
                     self._accept(raw, link)
-                if self._link is link:
-                    return link  # even if closed already: reading it tells how it ended
             return None
 
     async def _wait_before_attempt(self) -> None:
@@ -592,7 +594,7 @@ class Talk(EventStream):
         frame = json.dumps({"type": "user_message", "content": text})
         async with self._send_lock:
             while True:
-                link = await self._connected()
+                link = await self._connected(to_send=True)
                 if link is None:
                     raise self._why_done()
                 assert isinstance(link, _WsLink)
@@ -602,7 +604,7 @@ class Talk(EventStream):
 
     async def ping(self) -> None:
         """Send a `ping` frame (the server's `pong` is not passed on); mostly for tests."""
-        link = await self._connected()
+        link = await self._connected(to_send=True)
         if isinstance(link, _WsLink):
             await link.send(_PING)
 
