@@ -51,7 +51,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict engine server
+	$(BIN)/mypy --strict engine server fellowship
 
 schema: $(STAMP)
 	$(BIN)/fellowship schema --write
