@@ -35,7 +35,7 @@ from engine.errors import (
     Unavailable,
 )
 from engine.events import ErrorEvent
-from engine.hub import CLOSE_SESSION_ENDED, CLOSE_SHUTDOWN, CLOSE_TOO_SLOW
+from engine.hub import CLOSE_RECONNECT, CLOSE_SESSION_ENDED, CLOSE_SHUTDOWN, CLOSE_TOO_SLOW
 from server.api_models import ErrorBody, ErrorDetail
 
 log = logging.getLogger("fellowship.server")
@@ -125,6 +125,8 @@ _WS_CODE_BY_CLOSE_REASON: Final[dict[str, int]] = {
     CLOSE_SESSION_ENDED: WS_NORMAL,
     CLOSE_SHUTDOWN: WS_GOING_AWAY,
     CLOSE_TOO_SLOW: WS_TOO_SLOW,
+    # Missed events trimmed while joining: like a client that fell behind, it reconnects.
+    CLOSE_RECONNECT: WS_TOO_SLOW,
 }
 # RFC 6455: a close frame's reason is at most 123 bytes of UTF-8.
 _WS_REASON_MAX_BYTES: Final = 123

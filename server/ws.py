@@ -91,7 +91,7 @@ async def connect(token: str) -> None:
     except FellowshipError as exc:
         await _refuse(exc)
         return
-    await Connection(manager, handle, member).run()
+    await Connection(manager, handle, member, since=query.since).run()
 
 
 async def _refuse(exc: FellowshipError) -> None:
@@ -118,11 +118,15 @@ async def _close(code: int, reason: str) -> None:
 class Connection:
     """One connected member: a sender and a receiver task over one socket."""
 
-    def __init__(self, manager: SessionManager, handle: Handle, member: Member) -> None:
+    def __init__(
+        self, manager: SessionManager, handle: Handle, member: Member, *, since: int | None
+    ) -> None:
         self.manager = manager
         self.handle = handle
         self.member = member
-        self.last_seq = 0
+        # Replies to this client alone (`pong`, `error`) repeat the last seq it has; on a
+        # reconnect that is the `since` it came back with until a new event arrives.
+        self.last_seq = since or 0
         self._send_lock = asyncio.Lock()
 
     async def run(self) -> None:

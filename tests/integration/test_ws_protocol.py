@@ -62,6 +62,22 @@ async def test_ping_is_answered_by_pong_to_that_client_only(
     assert len(observer.of_type("pong")) == 1
 
 
+async def test_a_pong_after_a_reconnect_repeats_the_since_the_client_came_back_with(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    created = await create_session(client, participation="reactive")
+    talker = await ws_join(server, created["token"], role="talker", name="Dana")
+    members.append(talker)
+    await talker.say("hello")
+    await talker.wait_type("bot_message")
+    last = talker.events[-1]["seq"]
+    observer = await ws_join(server, created["observer_token"], since=last)
+    members.append(observer)
+    await observer.send({"type": "ping"})
+    [pong] = await observer.wait_type("pong")
+    assert pong["seq"] == last  # nothing new was sent to it: its own since
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [

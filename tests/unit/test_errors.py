@@ -9,6 +9,7 @@ import pytest
 
 from engine import errors
 from engine.errors import FellowshipError
+from engine.hub import CLOSE_RECONNECT, CLOSE_TOO_SLOW
 from server.errors import (
     WS_BAD_REQUEST,
     WS_CONFLICT,
@@ -21,6 +22,7 @@ from server.errors import (
     RateLimited,
     status_for,
     ws_close_code,
+    ws_close_for_reason,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,3 +96,8 @@ def test_no_error_is_raised_with_an_inline_code_string() -> None:
             ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.value.lineno}")
     assert offenders == []
+
+
+def test_a_member_told_to_reconnect_is_closed_like_one_that_fell_behind() -> None:
+    # 1000 means the session ended: a client must not read a reconnect request as final.
+    assert ws_close_for_reason(CLOSE_RECONNECT) == ws_close_for_reason(CLOSE_TOO_SLOW) == 4008
