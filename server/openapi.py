@@ -21,6 +21,7 @@ decorators). This provider makes it exact where quart-schema cannot:
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar, get_args
@@ -36,6 +37,7 @@ from werkzeug.routing import BaseConverter, Rule
 
 from engine import events
 from engine.config import Settings
+from engine.transcript import Transcript
 from server.api_models import ErrorBody, PingFrame, UserMessageFrame
 from server.conversions import RESERVED_TOKENS, TokenConverter
 from server.state import EXTENSION_KEY, ServerState
@@ -129,14 +131,46 @@ TAGS: Final[list[Tag | dict[Any, Any]]] = [
     Tag(name="server", description="Health of the server."),
 ]
 
+# --- forks and transcripts (SPEC §23) ---
+
+TRANSCRIPT_HELP: Final = (
+    "The transcript, in the format asked for: `text/markdown`, `application/json` (a "
+    "`Transcript`) or `text/html` (a standalone page)."
+)
+TRANSCRIPT_CONTENT: Final[dict[str, Any]] = {
+    "text/markdown": {"schema": {"type": "string", "description": "A Markdown document."}},
+    "application/json": {"schema": {"$ref": f"{COMPONENTS}Transcript"}},
+    "text/html": {
+        "schema": {
+            "type": "string",
+            "description": "A standalone HTML page: inline CSS, no script, no external "
+            "resource.",
+        }
+    },
+}
+TRANSCRIPT_HEADERS: Final[dict[str, Any]] = {
+    "Content-Disposition": {
+        "description": "`attachment` with a file name: `<name>-<session id>.md`, `.json` or "
+        "`.html`.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+# Extra models that are components without being a route's JSON body.
+EXTRA_MODELS: Final[tuple[type[BaseModel], ...]] = (Transcript,)
+
 _RAW_RESPONSES_ATTRIBUTE: Final = "_fellowship_raw_responses"
 _ERRORS_ATTRIBUTE: Final = "_fellowship_errors"
 
 
 def document_raw_response(
-    status: int, description: str, content: dict[str, Any] | None = None
+    status: int,
+    description: str,
+    content: dict[str, Any] | None = None,
+    *,
+    headers: dict[str, Any] | None = None,
 ) -> Callable[[F], F]:
-    """Document an answer that is not one JSON model (an event stream, a 204)."""
+    """Document an answer that is not one JSON model (an event stream, a 204, a file)."""
 
     def decorate(func: F) -> F:
         # Integer keys, like quart-schema's own (the document is dumped with sorted keys).
@@ -144,6 +178,8 @@ def document_raw_response(
         response: dict[str, Any] = {"description": description}
         if content is not None:
             response["content"] = content
+        if headers is not None:
+            response["headers"] = headers
         responses[status] = response
         setattr(func, _RAW_RESPONSES_ATTRIBUTE, responses)
         return func
@@ -271,7 +307,12 @@ class FellowshipOpenAPI(OpenAPIProvider):
 
     def schema(self) -> dict[str, Any]:
         document = super().schema()
-        models: list[type[BaseModel]] = [*EVENT_MODELS, *CLIENT_FRAME_MODELS, ErrorBody]
+        models: list[type[BaseModel]] = [
+            *EVENT_MODELS,
+            *CLIENT_FRAME_MODELS,
+            ErrorBody,
+            *EXTRA_MODELS,
+        ]
         _, definitions = models_json_schema(
             [(model, "serialization") for model in models],
             ref_template=COMPONENTS + "{model}",
@@ -286,6 +327,7 @@ class FellowshipOpenAPI(OpenAPIProvider):
         )
         schemas["ServerSentEvent"] = server_sent_event_schema()
         _add_spec_limits(schemas, self._settings())
+        _add_spec_overrides(schemas)
         for schema in schemas.values():
             _describe_constants(schema)
         document["paths"].update(self._websocket_paths())
@@ -435,6 +477,40 @@ def _add_spec_limits(schemas: dict[str, Any], settings: Settings) -> None:
             for branch in [field, *field.get("anyOf", [])]:
                 if branch.get("type") == "string":
                     branch["maxLength"] = min(branch.get("maxLength", cap), cap)
+
+
+def _add_spec_overrides(schemas: dict[str, Any]) -> None:
+    """`SpecOverrides`, what a fork's `overrides` may hold: a spec with nothing required.
+
+    Drawn from `SessionSpec` (limits included), so it follows the spec as it grows.
+    Rules about the merged result — bots ignoring case, at most MAX_BOTS_PER_SESSION, the
+    orchestrated minimum — are checked on the merged spec (422) rather than here.
+    """
+    spec = schemas.get("SessionSpec")
+    fork = schemas.get("ForkRequest")
+    if spec is None or fork is None:
+        return
+    overrides = copy.deepcopy(spec)
+    for key in ("required", "if", "then", "examples"):
+        overrides.pop(key, None)
+    bots = overrides["properties"]["bots"]
+    bots.pop("minItems", None)
+    bots.pop("maxItems", None)
+    bots["description"] = (
+        "Bot changes, matched by name ignoring case: an entry naming a bot of the session "
+        "changes only the fields it sets (the name keeps its spelling); an entry with a new "
+        "name adds a bot at the end."
+    )
+    overrides["title"] = "SpecOverrides"
+    overrides["description"] = (
+        "Changes to a session's spec for its fork: any part of a spec, merged over it."
+    )
+    schemas["SpecOverrides"] = overrides
+    field = fork["properties"]["overrides"]
+    fork["properties"]["overrides"] = {
+        "$ref": f"{COMPONENTS}SpecOverrides",
+        "description": field.get("description", ""),
+    }
 
 
 def _setting_limits(settings: Settings) -> dict[str, dict[str, Any]]:
