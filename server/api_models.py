@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter
 
 from engine.backend_status import BackendStatus
 from engine.fork import DEFAULT_FORK_START, ForkStart
@@ -140,12 +140,22 @@ class StreamHeaders(BaseModel):
 # --- forks and transcripts --------------------------------------------------------------------
 
 
+def _whole_number(value: object) -> object:
+    # JSON Schema counts 4.0 as an integer; a string or a boolean stays refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole_number)]
+
+
 class ForkRequest(BaseModel):
     """Body of `POST /v1/session/{token}/fork`."""
 
     model_config = ConfigDict(extra="ignore")
 
-    at_turn: StrictInt = Field(
+    at_turn: WholeNumber = Field(
         description="The last history position to copy: the fork's history is positions 1 "
         "to `at_turn` of this session, and its next message takes `at_turn` + 1. A position "
         "the session does not have answers 404 `turn_not_found`; a copy that would take a "

@@ -59,13 +59,15 @@ CLIENT_FRAME_MODELS: Final[tuple[type[BaseModel], ...]] = (UserMessageFrame, Pin
 # What each error status means, wherever it is answered (codes as in docs/api.md).
 ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     400: "Bad input: a parameter or the body cannot be understood (`invalid_parameters`, "
-    "`malformed_spec` with line and column, `bad_request`).",
+    "`malformed_spec` with line and column, `unknown_format`, `bad_request`).",
     403: "The observer token on a route that needs the full token (`observer_token`).",
-    404: "Unknown token, or unknown library spec (`not_found`, `spec_not_found`).",
+    404: "Unknown token, unknown library spec, or a history position the session does not "
+    "have (`not_found`, `spec_not_found`, `turn_not_found`).",
     405: "The token is a reserved word: `/v1/session/create` is the create route, which "
     "takes POST only (`method_not_allowed`, with `Allow`).",
     408: "The request body took too long to arrive (`request_timeout`).",
-    409: "Not allowed in the session's current state (`invalid_state`, `session_ended`).",
+    409: "Not allowed in the session's current state (`invalid_state`, `session_ended`, "
+    "`turn_in_flight`).",
     413: "The body is larger than MAX_SPEC_BYTES (`spec_too_large`).",
     422: "The spec is well-formed but invalid, or cannot run on this server; `details` "
     "lists every problem (`invalid_spec`).",

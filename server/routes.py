@@ -259,9 +259,10 @@ async def fork_session(token: str) -> Response:
     when it covers nothing past `at_turn`, and its inherited memory (docs/api.md, "Forking
     a session").
 
-    The body is JSON. Answers 201 like create: `id`, `token`, `observer_token` (the only
-    time either is shown), the fork's spec with secrets removed, and `warnings`. Full token
-    only (403 `observer_token`). Errors: 400 a body that is not a JSON object of this shape
+    The body is JSON or YAML, read by `Content-Type` as create reads a spec. Answers 201
+    like create: `id`, `token`, `observer_token` (the only time either is shown), the
+    fork's spec with secrets removed, and `warnings`. Full token only (403
+    `observer_token`). Errors: 400 a body that is not a mapping of this shape
     (`invalid_parameters`, each problem in `details`), 404 `turn_not_found` for a position
     this session does not have, 409 `turn_in_flight` when the copy would take a reply
     still being written, 413 a body over MAX_SPEC_BYTES, 422 `invalid_spec` for overrides
@@ -273,23 +274,27 @@ async def fork_session(token: str) -> Response:
     handle = manager.open(token)
     manager.require_full(handle)
     body = await _read_body(state.settings.max_spec_bytes)
-    fork = _fork_request(body, state.settings)
+    fork = _fork_request(body, request.headers.get("Content-Type"), state.settings)
     created = await manager.fork(handle, fork.at_turn, fork.overrides, fork.start)
     return json_response(created, 201)
 
 
-def _fork_request(body: bytes, settings: Settings) -> ForkRequest:
+def _fork_request(body: bytes, content_type: str | None, settings: Settings) -> ForkRequest:
     if not body.strip():
         raise ParameterError(
-            "the body must be a JSON object with at least `at_turn`",
+            "the body must be a mapping with at least `at_turn`",
             [ErrorDetail(path="at_turn", message="Field required")],
         )
-    # The spec reader parses JSON safely (size, depth, duplicate keys, lone surrogates).
+    # Read like a spec (JSON or YAML by Content-Type), with the same safety: size, depth,
+    # aliases, duplicate keys, lone surrogates.
     try:
-        document = read_spec_document(body, content_type="application/json", settings=settings)
+        document = read_spec_document(body, content_type=content_type, settings=settings)
     except (MalformedSpec, InvalidSpec) as exc:
-        details = [ErrorDetail(path=i.path, message=i.message) for i in exc.issues]
-        raise ParameterError(f"the body must be a JSON object: {exc.message}", details) from None
+        details = [
+            ErrorDetail(path=i.path, message=i.message, line=i.line, column=i.column)
+            for i in exc.issues
+        ]
+        raise ParameterError(f"the body must be a mapping: {exc.message}", details) from None
     try:
         return ForkRequest.model_validate(document.data)
     except ValidationError as exc:
