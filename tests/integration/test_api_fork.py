@@ -25,9 +25,7 @@ from tests.support.engine import WAIT_SECONDS
 COPIED_FIELDS = ("turn", "kind", "speaker", "content", "status", "ts", "tokens", "usage")
 
 
-async def fork(
-    client: httpx.AsyncClient, token: str, at_turn: int, **body: Any
-) -> dict[str, Any]:
+async def fork(client: httpx.AsyncClient, token: str, at_turn: int, **body: Any) -> dict[str, Any]:
     response = await client.post(f"/v1/session/{token}/fork", json={"at_turn": at_turn, **body})
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
@@ -110,7 +108,7 @@ async def test_a_fork_copies_the_history_up_to_its_turn_and_both_go_on_apart(
 
     # Round robin goes on from the copied bot turns: the bot after the last one copied.
     bots = ["Alice", "Bob", "Carol"]
-    copied_bot_turns = sum(1 for m in after_fork[: fork_start] if m["kind"] == "bot")
+    copied_bot_turns = sum(1 for m in after_fork[:fork_start] if m["kind"] == "bot")
     assert new_in_fork[-1]["speaker"] == bots[copied_bot_turns % 3]
     status = await status_of(client, created["token"])
     assert status["bot_turns"] == copied_bot_turns + 1

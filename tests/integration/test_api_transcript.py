@@ -25,9 +25,7 @@ async def conversation(
     return await six_positions(server, client, mock, members)
 
 
-async def transcript(
-    client: httpx.AsyncClient, token: str, format: str | None
-) -> httpx.Response:
+async def transcript(client: httpx.AsyncClient, token: str, format: str | None) -> httpx.Response:
     params = {"format": format} if format is not None else {}
     response = await client.get(f"/v1/session/{token}/transcript", params=params)
     assert response.status_code == 200, response.text
@@ -129,9 +127,7 @@ async def test_the_html_transcript_is_one_standalone_page_with_everything_escape
     assert 'class="msg talker complete" id="turn-1"' in text
 
 
-async def test_an_unknown_format_is_a_400(
-    client: httpx.AsyncClient, server: RunningServer
-) -> None:
+async def test_an_unknown_format_is_a_400(client: httpx.AsyncClient, server: RunningServer) -> None:
     created = await create_session(client, participation="reactive")
     response = await client.get(
         f"/v1/session/{created['token']}/transcript", params={"format": "pdf"}
