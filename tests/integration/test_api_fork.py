@@ -252,7 +252,7 @@ async def test_a_fork_copies_the_summary_only_up_to_its_turn(
 
 
 async def test_a_fork_survives_a_restart_as_stored(
-    server_factory: Any, members: list[WsMember], mock: MockLLM, tmp_path: Any
+    server_factory: Any, members: list[WsMember], mock: MockLLM
 ) -> None:
     first = await server_factory()
     async with httpx.AsyncClient(base_url=first.base_url, timeout=WAIT_SECONDS) as http:
