@@ -196,6 +196,27 @@ class TooManyTalkers(TooMany):
     code = "too_many_talkers"
 
 
+# --- forks and transcripts ------------------------------------------------------------------------
+
+
+class TurnNotFound(NotFound):
+    """A fork asked for a history position the session does not have (yet)."""
+
+    code = "turn_not_found"
+
+
+class TurnInFlight(InvalidState):
+    """A fork would copy a reserved slot: a reply still being generated."""
+
+    code = "turn_in_flight"
+
+
+class UnknownFormat(BadRequest):
+    """A transcript was asked for in a format that does not exist."""
+
+    code = "unknown_format"
+
+
 # --- the server and its default backend -----------------------------------------------------------
 
 

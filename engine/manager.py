@@ -1,11 +1,11 @@
 """The engine's public face: the one object the server, the CLI and tests use.
 
 `SessionManager` creates sessions from validated specs, opens them by token,
-and carries out every client action (status, history, pause, resume, end,
-connect, talk). The work behind it lives next door: bringing stored sessions
-back in engine/restore.py, idle timeouts and retention in engine/housekeeping.py,
+and carries out every client action (status, history, transcript, pause, resume,
+end, fork, connect, talk). The work behind it lives next door: bringing stored
+sessions back in engine/restore.py, idle timeouts and retention in engine/housekeeping.py,
 the token lookup in engine/registry.py, the checks of member input in
-engine/checks.py.
+engine/checks.py, forks in engine/fork.py, transcripts in engine/transcript.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -22,9 +23,16 @@ from engine.auth import mint_token, token_hash
 from engine.checks import InputChecks
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
-from engine.errors import FellowshipError, ObserverToken, SecretKeyMissing, TooManySessions
-from engine.events import MemberRole
-from engine.history import Message
+from engine.errors import (
+    FellowshipError,
+    ObserverToken,
+    SecretKeyMissing,
+    StorageFailure,
+    TooManySessions,
+)
+from engine.events import MemberRole, SessionPaused
+from engine.fork import DEFAULT_FORK_START, ForkPlan, ForkStart, plan_fork, resume_point
+from engine.history import History, Message
 from engine.housekeeping import HOUSEKEEPING_INTERVAL, Housekeeper
 from engine.hub import CLOSE_SHUTDOWN, HubFactory, local_hub
 from engine.llm.client import Backend, LLMClient, named_backend
@@ -49,8 +57,15 @@ from engine.store.base import SessionRecord, Store
 from engine.store.in_memory import MemoryStore
 from engine.store.secrets import SecretBox, seal_secrets, seal_stored
 from engine.store.timed import TimedStore
-from engine.summarizer import summarize
+from engine.summarizer import restore_summary, summarize
 from engine.tokens import get_counter
+from engine.transcript import (
+    RenderedTranscript,
+    TranscriptInfo,
+    build_transcript,
+    render_transcript,
+    transcript_format,
+)
 
 __all__ = ["CreatedSession", "Handle", "SessionManager"]
 
@@ -148,22 +163,11 @@ class SessionManager:
     # --- create and open ----------
     async def create(self, spec: SessionSpec, warnings: list[str] | None = None) -> CreatedSession:
         """Create a session from a validated spec and start it."""
-        if self.live_sessions() >= self.settings.max_sessions:
-            raise TooManySessions("too many sessions are running; try again later")
+        self._require_room()
         backend = self._backend_for(spec)
         backends = self._named_backends(spec)
         memory = await self._inherited_memory(spec)
-        token, observer_token = mint_token("full"), mint_token("observer")
-        session_id = secrets.token_hex(SESSION_ID_BYTES)
-        record = SessionRecord(
-            id=session_id,
-            name=spec.name,
-            spec_json=self._storage_json(spec, session_id),
-            full_token_hash=token_hash(token),
-            observer_token_hash=token_hash(observer_token),
-            created_at=self.deps.clock.now(),
-            warnings=list(warnings or []),
-        )
+        record, token, observer_token = self._new_record(spec, list(warnings or []))
         session = Session(
             record=record,
             spec=spec,
@@ -191,6 +195,122 @@ class SessionManager:
             spec=spec.public_dict(),
             warnings=record.warnings,
         )
+
+    async def fork(
+        self,
+        handle: Handle,
+        at_turn: int,
+        overrides: Mapping[str, Any] | None = None,
+        start: ForkStart = DEFAULT_FORK_START,
+    ) -> CreatedSession:
+        """A new session whose history is a copy of this one's positions 1..`at_turn`.
+
+        `overrides` are merged over the spec (engine/fork.py says how, and what happens
+        to the summary and memory); the fork starts `paused` or `running`. The source
+        goes on untouched. Full token only. Raises `TurnNotFound`, `TurnInFlight`,
+        `InvalidSpec`, `TooManySessions`.
+        """
+        self.require_full(handle)
+        source = handle.session
+        source.touch()
+        self._require_room()
+        plan = plan_fork(source, at_turn, overrides or {}, self.settings)
+        spec = plan.spec
+        backend = self._backend_for(spec)
+        memory = plan.memory if plan.memory_copied else await self._inherited_memory(spec)
+        paused = start == "paused"
+        record, token, observer_token = self._new_record(
+            spec, plan.warnings, bot_turns=plan.bot_turns, state="paused" if paused else "active"
+        )
+        session = Session(
+            record=record,
+            spec=spec,
+            deps=self.deps,
+            backend=backend,
+            backends=self._named_backends(spec),
+            history=History(plan.messages),
+            memory=memory,
+        )
+        if plan.summary is not None:
+            restore_summary(session, *plan.summary)
+        await self._store_fork(session, plan, memory)
+        loop = self._adopt(session, "paused" if paused else None)
+        loop.started, loop.unanswered = resume_point(plan.messages, spec.options.participation)
+        if paused:
+            session.emit(SessionPaused())
+        loop.start()
+        session.log.info(
+            "session forked from %s at turn %d (%s)", plan.source_id, plan.at_turn, start
+        )
+        return CreatedSession(
+            id=record.id,
+            token=token,
+            observer_token=observer_token,
+            spec=spec.public_dict(),
+            warnings=record.warnings,
+        )
+
+    async def _store_fork(self, session: Session, plan: ForkPlan, memory: str | None) -> None:
+        """Store a new fork whole: its row, copied history, summary and memory; or nothing."""
+        store = self.deps.store
+        await session.save()
+        try:
+            await store.save_events(session.id, [], messages=plan.messages)
+            if plan.summary is not None:
+                await store.save_summary(session.id, *plan.summary)
+            if memory is not None:
+                await store.save_memory(session.id, memory)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await store.delete_session(session.id)
+            if isinstance(exc, FellowshipError):
+                raise
+            raise StorageFailure(f"could not store the fork: {exc}") from exc
+
+    def transcript(self, handle: Handle, format: str | None = None) -> RenderedTranscript:
+        """The conversation as a document: `markdown` (default), `json` or `html`.
+
+        Either token. Raises `UnknownFormat` for any other format.
+        """
+        session, record = handle.session, handle.session.record
+        session.touch()
+        chosen = transcript_format(format)
+        transcript = build_transcript(
+            session.spec,
+            session.history.messages,
+            TranscriptInfo(
+                session_id=session.id,
+                state=handle.loop.state,
+                created_at=record.created_at,
+                ended_at=record.ended_at,
+                end_reason=record.end_reason,
+                exported_at=self.deps.clock.now(),
+            ),
+        )
+        return render_transcript(transcript, chosen)
+
+    def _require_room(self) -> None:
+        if self.live_sessions() >= self.settings.max_sessions:
+            raise TooManySessions("too many sessions are running; try again later")
+
+    def _new_record(
+        self, spec: SessionSpec, warnings: list[str], *, bot_turns: int = 0, state: str = "active"
+    ) -> tuple[SessionRecord, str, str]:
+        """A new session's row (its secrets sealed), with its two fresh tokens."""
+        token, observer_token = mint_token("full"), mint_token("observer")
+        session_id = secrets.token_hex(SESSION_ID_BYTES)
+        record = SessionRecord(
+            id=session_id,
+            name=spec.name,
+            spec_json=self._storage_json(spec, session_id),
+            full_token_hash=token_hash(token),
+            observer_token_hash=token_hash(observer_token),
+            state=state,
+            created_at=self.deps.clock.now(),
+            warnings=warnings,
+            bot_turns=bot_turns,
+        )
+        return record, token, observer_token
 
     def _adopt(self, session: Session, restored: Restored | None = None) -> SessionLoop:
         options = session.options

@@ -7,14 +7,16 @@ bodies, query strings, headers, list wrappers and the frames a WebSocket client 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter
 
 from engine.backend_status import BackendStatus
+from engine.fork import DEFAULT_FORK_START, ForkStart
 from engine.history import Message
 from engine.input_text import NO_CONTROL_CHARS_PATTERN
 from engine.spec.library import NAME_PATTERN, LibraryEntry
+from engine.transcript import DEFAULT_FORMAT, TRANSCRIPT_FORMATS
 
 
 class ErrorDetail(BaseModel):
@@ -132,6 +134,63 @@ class StreamHeaders(BaseModel):
         alias="Last-Event-ID",
         description="Last `seq` seen (sent by EventSource on reconnect); like `since`, and "
         "wins over it.",
+    )
+
+
+# --- forks and transcripts --------------------------------------------------------------------
+
+
+def _whole_number(value: object) -> object:
+    # JSON Schema counts 4.0 as an integer; a string or a boolean stays refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole_number)]
+
+
+class ForkRequest(BaseModel):
+    """Body of `POST /v1/session/{token}/fork`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    at_turn: WholeNumber = Field(
+        description="The last history position to copy: the fork's history is positions 1 "
+        "to `at_turn` of this session, and its next message takes `at_turn` + 1. A position "
+        "the session does not have answers 404 `turn_not_found`; a copy that would take a "
+        "reply still being written answers 409 `turn_in_flight`.",
+        # Documented, not validated here: the engine refuses 0 like any missing position.
+        json_schema_extra={"minimum": 1},
+        examples=[4],
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Spec changes for the fork, merged over this session's spec: mappings "
+        "(`options`, `llm`, `sampling`) key by key; `bots` by name (an entry naming an "
+        "existing bot changes only what it sets, a new name adds a bot); any other key "
+        "replaces the value. The result is checked like a new spec (422 `invalid_spec`, "
+        "paths as in the merged spec). The API key stays unless `llm.api_key` or "
+        "`llm.base_url` is overridden.",
+    )
+    start: ForkStart = Field(
+        DEFAULT_FORK_START,
+        description="`running`: the fork's loop starts at once (as after create); `paused`: "
+        "it waits for `POST .../resume`.",
+    )
+
+
+class TranscriptQuery(BaseModel):
+    """Query string of `GET /v1/session/{token}/transcript`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: str | None = Field(
+        None,
+        description=f"`markdown` (the default), `json` or `html`. Any other value answers "
+        f"400 `unknown_format`. Default: `{DEFAULT_FORMAT}`.",
+        # Documented, not validated here: the engine answers an unknown one.
+        json_schema_extra={"enum": list(TRANSCRIPT_FORMATS)},
     )
 
 

@@ -21,6 +21,7 @@ decorators). This provider makes it exact where quart-schema cannot:
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar, get_args
@@ -36,6 +37,7 @@ from werkzeug.routing import BaseConverter, Rule
 
 from engine import events
 from engine.config import Settings
+from engine.transcript import Transcript
 from server.api_models import ErrorBody, PingFrame, UserMessageFrame
 from server.conversions import RESERVED_TOKENS, TokenConverter
 from server.state import EXTENSION_KEY, ServerState
@@ -58,17 +60,19 @@ CLIENT_FRAME_MODELS: Final[tuple[type[BaseModel], ...]] = (UserMessageFrame, Pin
 # What each error status means, wherever it is answered (codes as in docs/api.md).
 ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     400: "Bad input: a parameter or the body cannot be understood (`invalid_parameters`, "
-    "`malformed_spec` with line and column, `bad_request`).",
+    "`malformed_spec` with line and column, `unknown_format`, `bad_request`).",
     401: "A missing or wrong token: the admin token of `/v1/cluster` (`cluster_token`), or "
     "the metrics token when this server sets METRICS_TOKEN (`unauthorized`); with "
     "`WWW-Authenticate`.",
     403: "The observer token on a route that needs the full token (`observer_token`).",
-    404: "Unknown token, or unknown library spec (`not_found`, `spec_not_found`); on "
-    "`/v1/cluster`, the server has no CLUSTER_ADMIN_TOKEN (the route is off: `not_found`).",
+    404: "Unknown token, unknown library spec, or a history position the session does not "
+    "have (`not_found`, `spec_not_found`, `turn_not_found`); on `/v1/cluster`, the server "
+    "has no CLUSTER_ADMIN_TOKEN (the route is off: `not_found`).",
     405: "The token is a reserved word: `/v1/session/create` is the create route, which "
     "takes POST only (`method_not_allowed`, with `Allow`).",
     408: "The request body took too long to arrive (`request_timeout`).",
-    409: "Not allowed in the session's current state (`invalid_state`, `session_ended`).",
+    409: "Not allowed in the session's current state (`invalid_state`, `session_ended`, "
+    "`turn_in_flight`).",
     413: "The body is larger than MAX_SPEC_BYTES (`spec_too_large`).",
     422: "The spec is well-formed but invalid, or cannot run on this server; `details` "
     "lists every problem (`invalid_spec`).",
@@ -153,14 +157,46 @@ SECURITY_SCHEMES: Final[dict[str, dict[str, str]]] = {
     }
 }
 
+# --- forks and transcripts (SPEC §23) ---
+
+TRANSCRIPT_HELP: Final = (
+    "The transcript, in the format asked for: `text/markdown`, `application/json` (a "
+    "`Transcript`) or `text/html` (a standalone page)."
+)
+TRANSCRIPT_CONTENT: Final[dict[str, Any]] = {
+    "text/markdown": {"schema": {"type": "string", "description": "A Markdown document."}},
+    "application/json": {"schema": {"$ref": f"{COMPONENTS}Transcript"}},
+    "text/html": {
+        "schema": {
+            "type": "string",
+            "description": "A standalone HTML page: inline CSS, no script, no external "
+            "resource.",
+        }
+    },
+}
+TRANSCRIPT_HEADERS: Final[dict[str, Any]] = {
+    "Content-Disposition": {
+        "description": "`attachment` with a file name: `<name>-<session id>.md`, `.json` or "
+        "`.html`.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+# Extra models that are components without being a route's JSON body.
+EXTRA_MODELS: Final[tuple[type[BaseModel], ...]] = (Transcript,)
+
 _RAW_RESPONSES_ATTRIBUTE: Final = "_fellowship_raw_responses"
 _ERRORS_ATTRIBUTE: Final = "_fellowship_errors"
 
 
 def document_raw_response(
-    status: int, description: str, content: dict[str, Any] | None = None
+    status: int,
+    description: str,
+    content: dict[str, Any] | None = None,
+    *,
+    headers: dict[str, Any] | None = None,
 ) -> Callable[[F], F]:
-    """Document an answer that is not one JSON model (an event stream, a 204)."""
+    """Document an answer that is not one JSON model (an event stream, a 204, a file)."""
 
     def decorate(func: F) -> F:
         # Integer keys, like quart-schema's own (the document is dumped with sorted keys).
@@ -168,6 +204,8 @@ def document_raw_response(
         response: dict[str, Any] = {"description": description}
         if content is not None:
             response["content"] = content
+        if headers is not None:
+            response["headers"] = headers
         responses[status] = response
         setattr(func, _RAW_RESPONSES_ATTRIBUTE, responses)
         return func
@@ -295,7 +333,12 @@ class FellowshipOpenAPI(OpenAPIProvider):
 
     def schema(self) -> dict[str, Any]:
         document = super().schema()
-        models: list[type[BaseModel]] = [*EVENT_MODELS, *CLIENT_FRAME_MODELS, ErrorBody]
+        models: list[type[BaseModel]] = [
+            *EVENT_MODELS,
+            *CLIENT_FRAME_MODELS,
+            ErrorBody,
+            *EXTRA_MODELS,
+        ]
         _, definitions = models_json_schema(
             [(model, "serialization") for model in models],
             ref_template=COMPONENTS + "{model}",
@@ -311,6 +354,7 @@ class FellowshipOpenAPI(OpenAPIProvider):
         schemas["ServerSentEvent"] = server_sent_event_schema()
         document["components"]["securitySchemes"] = SECURITY_SCHEMES
         _add_spec_limits(schemas, self._settings())
+        _add_spec_overrides(schemas)
         for schema in schemas.values():
             _describe_constants(schema)
         document["paths"].update(self._websocket_paths())
@@ -460,6 +504,40 @@ def _add_spec_limits(schemas: dict[str, Any], settings: Settings) -> None:
             for branch in [field, *field.get("anyOf", [])]:
                 if branch.get("type") == "string":
                     branch["maxLength"] = min(branch.get("maxLength", cap), cap)
+
+
+def _add_spec_overrides(schemas: dict[str, Any]) -> None:
+    """`SpecOverrides`, what a fork's `overrides` may hold: a spec with nothing required.
+
+    Drawn from `SessionSpec` (limits included), so it follows the spec as it grows.
+    Rules about the merged result — bots ignoring case, at most MAX_BOTS_PER_SESSION, the
+    orchestrated minimum — are checked on the merged spec (422) rather than here.
+    """
+    spec = schemas.get("SessionSpec")
+    fork = schemas.get("ForkRequest")
+    if spec is None or fork is None:
+        return
+    overrides = copy.deepcopy(spec)
+    for key in ("required", "if", "then", "examples"):
+        overrides.pop(key, None)
+    bots = overrides["properties"]["bots"]
+    bots.pop("minItems", None)
+    bots.pop("maxItems", None)
+    bots["description"] = (
+        "Bot changes, matched by name ignoring case: an entry naming a bot of the session "
+        "changes only the fields it sets (the name keeps its spelling); an entry with a new "
+        "name adds a bot at the end."
+    )
+    overrides["title"] = "SpecOverrides"
+    overrides["description"] = (
+        "Changes to a session's spec for its fork: any part of a spec, merged over it."
+    )
+    schemas["SpecOverrides"] = overrides
+    field = fork["properties"]["overrides"]
+    fork["properties"]["overrides"] = {
+        "$ref": f"{COMPONENTS}SpecOverrides",
+        "description": field.get("description", ""),
+    }
 
 
 def _setting_limits(settings: Settings) -> dict[str, dict[str, Any]]:

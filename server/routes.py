@@ -8,7 +8,7 @@ answers by `server.errors`; nothing here decides anything about sessions.
 `METRICS_TOKEN` when one is set.
 
 Tokens travel in the path. The full token opens every route; the observer token opens
-status, history, stream and observer connections, and gets 403 elsewhere. An unknown
+status, history, transcript, stream and observer connections, and gets 403 elsewhere. An unknown
 token gets the same 404 whether or not a session ever existed.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 from importlib.metadata import PackageNotFoundError, version
 
+from pydantic import ValidationError
 from quart import Blueprint, Response, request
 from quart_schema import (
     document_querystring,
@@ -30,7 +31,15 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from engine.auth import hashes_match, token_hash
 from engine.cluster.view import ClusterView, cluster_view
 from engine.config import Settings
-from engine.errors import ClusterTokenInvalid, NotFound, SpecIssue, SpecTooLarge, Unauthorized
+from engine.errors import (
+    ClusterTokenInvalid,
+    InvalidSpec,
+    MalformedSpec,
+    NotFound,
+    SpecIssue,
+    SpecTooLarge,
+    Unauthorized,
+)
 from engine.manager import CreatedSession
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.spec.library import list_specs, load_named_spec
@@ -39,14 +48,21 @@ from engine.spec.models import SessionSpec
 from engine.status import SessionStatus
 from server.api_models import (
     CreateQuery,
+    ErrorDetail,
+    ForkRequest,
     HealthResponse,
     HistoryResponse,
     SpecLibraryResponse,
+    TranscriptQuery,
 )
 from server.conversions import json_response, parse_params
+from server.errors import ParameterError
 from server.openapi import (
     CLUSTER_ADMIN_SCHEME,
     METRICS_MEDIA_TYPE,
+    TRANSCRIPT_CONTENT,
+    TRANSCRIPT_HEADERS,
+    TRANSCRIPT_HELP,
     document_errors,
     document_raw_response,
 )
@@ -319,3 +335,93 @@ def _check_metrics_token(expected: str) -> None:
     matches = hmac.compare_digest(given.strip().encode(), expected.encode())
     if scheme.lower() != "bearer" or not matches:
         raise Unauthorized("this server's metrics need `Authorization: Bearer <METRICS_TOKEN>`")
+
+
+# --- forks and transcripts (SPEC §23) ------------------------------------------------------------
+
+
+@blueprint.post(f"{SESSION_PATH}/fork")
+@tag(["sessions"])
+@document_request(ForkRequest)
+@document_response(CreatedSession, 201)
+@document_errors(400, 403, 404, 409, 413, 422)
+async def fork_session(token: str) -> Response:
+    """Fork a session at a message.
+
+    Creates a new session (its own `id` and tokens) whose history is a copy of this one's
+    positions 1 to `at_turn` — talker messages and failed tombstones as they are — and
+    whose spec is this one's with `overrides` merged over it, checked like a new spec.
+    The fork starts `running` (the default) or `paused`; this session goes on untouched,
+    and an ended session can be forked too. The fork takes this session's summary only
+    when it covers nothing past `at_turn`, and its inherited memory (docs/api.md, "Forking
+    a session").
+
+    The body is JSON or YAML, read by `Content-Type` as create reads a spec. Answers 201
+    like create: `id`, `token`, `observer_token` (the only time either is shown), the
+    fork's spec with secrets removed, and `warnings`. Full token only (403
+    `observer_token`). Errors: 400 a body that is not a mapping of this shape
+    (`invalid_parameters`, each problem in `details`), 404 `turn_not_found` for a position
+    this session does not have, 409 `turn_in_flight` when the copy would take a reply
+    still being written, 413 a body over MAX_SPEC_BYTES, 422 `invalid_spec` for overrides
+    that make the spec invalid (every problem with its path in the merged spec), 429 too
+    many sessions.
+    """
+    state = current_state()
+    manager = state.manager
+    handle = manager.open(token)
+    manager.require_full(handle)
+    body = await _read_body(state.settings.max_spec_bytes)
+    fork = _fork_request(body, request.headers.get("Content-Type"), state.settings)
+    created = await manager.fork(handle, fork.at_turn, fork.overrides, fork.start)
+    return json_response(created, 201)
+
+
+def _fork_request(body: bytes, content_type: str | None, settings: Settings) -> ForkRequest:
+    if not body.strip():
+        raise ParameterError(
+            "the body must be a mapping with at least `at_turn`",
+            [ErrorDetail(path="at_turn", message="Field required")],
+        )
+    # Read like a spec (JSON or YAML by Content-Type), with the same safety: size, depth,
+    # aliases, duplicate keys, lone surrogates.
+    try:
+        document = read_spec_document(body, content_type=content_type, settings=settings)
+    except (MalformedSpec, InvalidSpec) as exc:
+        details = [
+            ErrorDetail(path=i.path, message=i.message, line=i.line, column=i.column)
+            for i in exc.issues
+        ]
+        raise ParameterError(f"the body must be a mapping: {exc.message}", details) from None
+    try:
+        return ForkRequest.model_validate(document.data)
+    except ValidationError as exc:
+        details = [
+            ErrorDetail(path=".".join(str(part) for part in error["loc"]), message=error["msg"])
+            for error in exc.errors(include_url=False)
+        ]
+        summary = "; ".join(f"{d.path}: {d.message}" for d in details)
+        raise ParameterError(f"invalid request body: {summary}", details) from None
+
+
+@blueprint.get(f"{SESSION_PATH}/transcript")
+@tag(["sessions"])
+@document_querystring(TranscriptQuery)
+@document_raw_response(200, TRANSCRIPT_HELP, TRANSCRIPT_CONTENT, headers=TRANSCRIPT_HEADERS)
+@document_errors(400, 404)
+async def session_transcript(token: str) -> Response:
+    """Export the conversation.
+
+    The whole history as a document to keep or share, with the spec's name, its bots
+    (name, role, model), and every position's number, speaker and time; failed turns
+    (tombstones) are marked, as is a reply still being written. `format`: `markdown` (the
+    default), `json` (the `Transcript` model) or `html` (one standalone page: inline CSS,
+    no script, nothing loaded from elsewhere, all text escaped). Offered as a download
+    (`Content-Disposition: attachment` with a file name). Either token. 400
+    `unknown_format` for any other format.
+    """
+    manager = current_state().manager
+    query = parse_params(TranscriptQuery, request.args)
+    rendered = manager.transcript(manager.open(token), query.format)
+    response = Response(rendered.body, status=200, content_type=rendered.media_type)
+    response.headers["Content-Disposition"] = rendered.content_disposition
+    return response

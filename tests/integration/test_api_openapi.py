@@ -48,6 +48,8 @@ async def test_every_route_has_a_summary_and_a_description(client: httpx.AsyncCl
         ("post", "/v1/session/{token}/resume"),
         ("get", "/v1/session/{token}/history"),
         ("get", "/v1/session/{token}/stream"),
+        ("post", "/v1/session/{token}/fork"),
+        ("get", "/v1/session/{token}/transcript"),
         ("get", "/v1/specs"),
         ("get", "/v1/cluster"),
         ("get", "/healthz"),
@@ -194,3 +196,35 @@ async def test_docs_page_loads_only_local_files(client: httpx.AsyncClient) -> No
     assert "openapi.json" in init.text
     assert "validatorUrl: null" in init.text
     assert "://" not in init.text
+
+
+async def test_fork_and_transcript_are_documented_exactly(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    fork = document["paths"]["/v1/session/{token}/fork"]["post"]
+    body = fork["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ForkRequest"}
+    request = schemas["ForkRequest"]
+    assert request["required"] == ["at_turn"]
+    assert request["properties"]["at_turn"]["minimum"] == 1
+    assert request["properties"]["start"]["enum"] == ["paused", "running"]
+    assert request["properties"]["overrides"]["$ref"] == "#/components/schemas/SpecOverrides"
+    overrides = schemas["SpecOverrides"]
+    assert "required" not in overrides
+    assert set(overrides["properties"]) == set(schemas["SessionSpec"]["properties"])
+    assert fork["responses"]["201"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/CreatedSession"
+    }
+    assert {"400", "403", "404", "409", "422", "429"} <= set(fork["responses"])
+
+    export = document["paths"]["/v1/session/{token}/transcript"]["get"]
+    ok = export["responses"]["200"]
+    assert set(ok["content"]) == {"text/markdown", "application/json", "text/html"}
+    assert ok["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Transcript"
+    }
+    assert ok["headers"]["Content-Disposition"]["required"] is True
+    assert "Transcript" in schemas and "TranscriptMessage" in schemas
+    (format_parameter,) = [p for p in export["parameters"] if p["name"] == "format"]
+    assert format_parameter["schema"]["enum"] == ["markdown", "json", "html"]
+    assert {"400", "404"} <= set(export["responses"])

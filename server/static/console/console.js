@@ -8,7 +8,9 @@
  *   textContent, never as HTML.
  * - The full-control token lives in sessionStorage only (this tab). The share link
  *   carries the observer token alone, in the fragment (#observe=…), which browsers
- *   never send to a server.
+ *   never send to a server. A fork opens in a new tab without its token in any URL:
+ *   the tab is handed a one-time key (#fork=…) to an entry in localStorage that it
+ *   reads and deletes at once.
  * - Rendering is idempotent: a message is keyed by its history position (`turn`), and
  *   an event whose `seq` was already seen is skipped, so a reconnect with `since`, a
  *   fresh `history` or a reload never shows a message twice.
@@ -18,6 +20,12 @@
 (() => {
   const STORAGE_KEY = "fellowship.console.session";
   const OBSERVE_PARAM = "observe";
+  const FORK_PARAM = "fork";
+  // A fork's session, left in localStorage for the tab that opens it; stale ones go.
+  const HANDOFF_PREFIX = "fellowship.console.handoff.";
+  const HANDOFF_MAX_AGE_MS = 10 * 60 * 1000;
+  const HANDOFF_KEY_BYTES = 16;
+  const DOWNLOAD_URL_LIFETIME_MS = 10000;
   const RECONNECT_FIRST_MS = 500;
   const RECONNECT_MAX_MS = 10000;
   const STATUS_COALESCE_MS = 250;
@@ -97,6 +105,20 @@
     shareBox: $("share-box"),
     shareLink: $("share-link"),
     copyLink: $("copy-link"),
+    exportFormat: $("export-format"),
+    download: $("download"),
+    forkDialog: $("fork-dialog"),
+    forkForm: $("fork-form"),
+    forkTurn: $("fork-turn"),
+    forkOverrides: $("fork-overrides"),
+    forkStart: $("fork-start"),
+    forkProblems: $("fork-problems"),
+    forkProblemsTitle: $("fork-problems-title"),
+    forkProblemList: $("fork-problem-list"),
+    forkOpened: $("fork-opened"),
+    forkLink: $("fork-link"),
+    forkCreate: $("fork-create"),
+    forkCancel: $("fork-cancel"),
     joinForm: $("join-form"),
     talkerName: $("talker-name"),
     diagram: $("diagram"),
@@ -158,6 +180,8 @@
     backendTimer: null,
     /** The notice shows that this session's backend cannot be reached. */
     backendNotice: false,
+    /** The history position the fork dialog copies up to. */
+    forkTurn: null,
   };
 
   // --- small helpers --------------------------------------------------------------------
@@ -481,6 +505,7 @@
     ui.showToken.textContent = "Show";
     ui.showToken.setAttribute("aria-pressed", "false");
     show(ui.ownerTokenBox, Boolean(session.token));
+    document.body.classList.toggle("can-fork", Boolean(session.token));
     show(ui.shareBox, Boolean(session.observerToken));
     ui.shareLink.value = session.observerToken ? shareLinkFor(session.observerToken) : "";
     if (session.talkerName) ui.talkerName.value = session.talkerName;
@@ -498,7 +523,7 @@
     if (observeTokenFromHash()) history.replaceState(null, "", location.pathname + location.search);
     show(ui.session, false);
     show(ui.setup, true);
-    document.body.classList.remove("has-session");
+    document.body.classList.remove("has-session", "can-fork");
     show(ui.composer, false);
     ui.composerNote.textContent = "";
     setConnection("Not connected", "offline");
@@ -955,7 +980,10 @@
     const head = el("div", "msg-head");
     const name = el("span", "speaker", speaker);
     const label = el("span", "msg-meta");
-    head.append(name, label);
+    const fork = el("button", "fork-here link", "Fork from here");
+    fork.type = "button";
+    fork.hidden = true;
+    head.append(name, label, fork);
     const body = el("p", "msg-body");
     item.append(head, body);
     if (kind === "bot") item.style.setProperty("--hue", String(hueOf(speaker)));
@@ -984,6 +1012,12 @@
     item.classList.toggle("streaming", status === "reserved" && Boolean(item.streamText));
     item.classList.toggle("failed", status === "failed");
     item.setAttribute("aria-busy", status === "reserved" ? "true" : "false");
+    const fork = item.querySelector(".fork-here");
+    if (fork) {
+      // A reply still being written cannot be forked at (nor can a bubble with no position).
+      fork.hidden = !item.dataset.turn || status === "reserved";
+      fork.setAttribute("aria-label", `Fork from message ${item.dataset.turn || ""}`.trim());
+    }
     if (status === "failed") {
       meta.textContent = `${turnLabel} · failed turn`.replace(/^ · /, "");
       body.textContent = item.failReason ? `No reply: ${item.failReason}` : "No reply (the turn failed).";
@@ -1102,6 +1136,155 @@
     }
   }
 
+  // --- forks and transcripts --------------------------------------------------------------------
+
+  function forkKeyFromHash() {
+    const hash = location.hash.replace(/^#/, "");
+    if (!hash) return null;
+    const value = new URLSearchParams(hash).get(FORK_PARAM);
+    return value && /^[0-9a-f]+$/.test(value) ? value : null;
+  }
+
+  function randomKey() {
+    const bytes = crypto.getRandomValues(new Uint8Array(HANDOFF_KEY_BYTES));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  /** Leave `session` for the tab that opens `/#fork=<key>`; return that key. */
+  function leaveHandoff(session) {
+    const key = randomKey();
+    localStorage.setItem(HANDOFF_PREFIX + key, JSON.stringify({ at: Date.now(), session }));
+    return key;
+  }
+
+  function takeHandoff(key) {
+    const name = HANDOFF_PREFIX + key;
+    try {
+      const text = localStorage.getItem(name);
+      localStorage.removeItem(name);
+      const entry = JSON.parse(text || "null");
+      return entry && entry.session && entry.session.token ? entry.session : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function sweepHandoffs() {
+    try {
+      for (const name of Object.keys(localStorage)) {
+        if (!name.startsWith(HANDOFF_PREFIX)) continue;
+        let at = 0;
+        try {
+          at = JSON.parse(localStorage.getItem(name) || "{}").at || 0;
+        } catch {
+          // Unreadable: it goes too.
+        }
+        if (Date.now() - at > HANDOFF_MAX_AGE_MS) localStorage.removeItem(name);
+      }
+    } catch {
+      // No localStorage here: nothing was left in it either.
+    }
+  }
+
+  function showForkProblems(title, details) {
+    ui.forkProblemsTitle.textContent = title;
+    ui.forkProblemList.replaceChildren(
+      ...details.map((d) => el("li", "problem", d.path ? `${d.path}: ${d.message}` : d.message)),
+    );
+    show(ui.forkProblems, Boolean(title));
+  }
+
+  function openForkDialog(turn) {
+    if (!isFull()) return;
+    app.forkTurn = turn;
+    ui.forkTurn.textContent = `#${turn}`;
+    showForkProblems("", []);
+    show(ui.forkOpened, false);
+    ui.forkCreate.disabled = false;
+    ui.forkDialog.showModal();
+    ui.forkOverrides.focus();
+  }
+
+  async function createFork() {
+    if (!isFull() || app.forkTurn === null) return;
+    showForkProblems("", []);
+    let overrides = {};
+    const text = ui.forkOverrides.value.trim();
+    if (text) {
+      try {
+        overrides = JSON.parse(text);
+      } catch (error) {
+        showForkProblems(`The spec changes are not valid JSON: ${error.message}`, []);
+        return;
+      }
+    }
+    ui.forkCreate.disabled = true;
+    try {
+      const response = await fetch(sessionUrl("/fork"), {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ at_turn: app.forkTurn, overrides, start: ui.forkStart.value }),
+      });
+      const body = await readJson(response);
+      if (response.status !== 201 || !body) {
+        const details = body && Array.isArray(body.details) ? body.details : [];
+        showForkProblems(describeError(body, response), details);
+        ui.forkCreate.disabled = false;
+        return;
+      }
+      const forked = { id: body.id, token: body.token, observerToken: body.observer_token, talkerName: null };
+      const url = new URL("/", location.href);
+      url.hash = `${FORK_PARAM}=${leaveHandoff(forked)}`;
+      const opened = window.open(url.href, "_blank");
+      if (opened) {
+        ui.forkDialog.close();
+        setNotice(`The fork of message #${app.forkTurn} opened in a new tab.`);
+      } else {
+        // A blocked pop-up: the link is then a click of the user's own.
+        ui.forkLink.href = url.href;
+        show(ui.forkOpened, true);
+      }
+    } catch (error) {
+      showForkProblems(`Could not reach the server: ${error.message}`, []);
+      ui.forkCreate.disabled = false;
+    }
+  }
+
+  function filenameOf(disposition, fallback) {
+    const match = /filename="([^"]+)"/.exec(disposition || "");
+    return match ? match[1] : fallback;
+  }
+
+  async function downloadTranscript() {
+    if (!app.session) return;
+    const format = ui.exportFormat.value;
+    // Read-only access is enough: the observer token when this tab has it.
+    const token = app.session.observerToken || app.session.token;
+    const params = new URLSearchParams({ format });
+    ui.download.disabled = true;
+    try {
+      const response = await fetch(`/v1/session/${encodeURIComponent(token)}/transcript?${params}`);
+      if (!response.ok) {
+        setNotice(describeError(await readJson(response), response), "error");
+        return;
+      }
+      const blob = await response.blob();
+      const name = filenameOf(response.headers.get("Content-Disposition"), `transcript.${format}`);
+      const url = URL.createObjectURL(blob);
+      const link = el("a");
+      link.href = url;
+      link.download = name;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), DOWNLOAD_URL_LIFETIME_MS);
+    } catch (error) {
+      setNotice(`Could not reach the server: ${error.message}`, "error");
+    } finally {
+      ui.download.disabled = false;
+    }
+  }
+
   // --- the state diagram -------------------------------------------------------------------------
 
   async function loadDiagram() {
@@ -1160,6 +1343,16 @@
   // --- start ---------------------------------------------------------------------------------------
 
   function startFromLocation() {
+    const handoff = forkKeyFromHash();
+    if (handoff !== null) {
+      history.replaceState(null, "", location.pathname + location.search);
+      const forked = takeHandoff(handoff);
+      if (forked) {
+        openSession(forked);
+        return true;
+      }
+      showProblems("This fork link was already used, or has expired. Open the fork with its token.", []);
+    }
     const observerToken = observeTokenFromHash();
     if (observerToken) {
       const saved = loadSavedSession();
@@ -1231,6 +1424,17 @@
       joinAsTalker();
     });
     ui.talkerName.addEventListener("input", () => ui.talkerName.setCustomValidity(""));
+    ui.download.addEventListener("click", downloadTranscript);
+    ui.transcript.addEventListener("click", (event) => {
+      const button = event.target.closest(".fork-here");
+      const item = button ? button.closest("li") : null;
+      if (item && item.dataset.turn) openForkDialog(Number(item.dataset.turn));
+    });
+    ui.forkForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      createFork();
+    });
+    ui.forkCancel.addEventListener("click", () => ui.forkDialog.close());
     ui.composer.addEventListener("submit", (event) => {
       event.preventDefault();
       sendMessage();
@@ -1247,11 +1451,16 @@
     window.addEventListener("online", reconnectNow);
     window.addEventListener("hashchange", () => {
       const token = observeTokenFromHash();
-      if (token && (!app.session || app.session.observerToken !== token)) startFromLocation();
+      if (forkKeyFromHash() !== null) {
+        startFromLocation();
+      } else if (token && (!app.session || app.session.observerToken !== token)) {
+        startFromLocation();
+      }
     });
   }
 
   async function main() {
+    sweepHandoffs();
     wire();
     await loadConfig();
     refreshBackend();
