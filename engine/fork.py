@@ -39,6 +39,7 @@ from engine.errors import InvalidSpec, SpecIssue, TurnInFlight, TurnNotFound
 from engine.history import Message
 from engine.session import Session
 from engine.spec.checking import validate_spec_data
+from engine.spec.library import deep_merge
 from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SessionSpec
 
 ForkStart = Literal["paused", "running"]
@@ -151,7 +152,7 @@ def merge_fork_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) 
         if key == "bots" and isinstance(current, list) and isinstance(value, list):
             merged[key] = _merge_bots(current, value)
         elif isinstance(current, Mapping) and isinstance(value, Mapping):
-            merged[key] = _deep_merge(current, value)
+            merged[key] = deep_merge(current, value)
         else:
             merged[key] = value
     return merged
@@ -213,7 +214,7 @@ def _merge_bots(base: list[Any], overrides: list[Any]) -> list[Any]:
             bots.append(entry)
             continue
         current = bots[index]
-        merged = _deep_merge(current, entry)
+        merged = deep_merge(current, entry)
         merged["name"] = current["name"]  # history names it so
         bots[index] = merged
     return bots
@@ -226,13 +227,3 @@ def _name_key(bot: object) -> str | None:
             return name.strip().casefold()
     return None
 
-
-def _deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        current = merged.get(key)
-        if isinstance(current, Mapping) and isinstance(value, Mapping):
-            merged[key] = _deep_merge(current, value)
-        else:
-            merged[key] = value
-    return merged

@@ -102,18 +102,19 @@ def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     for key, value in overrides.items():
         current = merged.get(key)
         if key in _DEEP_MERGED and isinstance(current, Mapping) and isinstance(value, Mapping):
-            merged[key] = _deep_merge(current, value)
+            merged[key] = deep_merge(current, value)
         else:
             merged[key] = value
     return merged
 
 
-def _deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied, mappings merged key by key at every depth."""
     merged = dict(base)
     for key, value in overrides.items():
         current = merged.get(key)
         if isinstance(current, Mapping) and isinstance(value, Mapping):
-            merged[key] = _deep_merge(current, value)
+            merged[key] = deep_merge(current, value)
         else:
             merged[key] = value
     return merged

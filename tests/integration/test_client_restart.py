@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -46,10 +43,9 @@ from tests.integration.test_client_reconnect import (
     stored_events,
 )
 from tests.support.engine import WAIT_SECONDS
-from tests.support.served import read_port
+from tests.support.served import ServeProcess
 from tests.support.server import RunningServer, server_settings
 
-REPO = Path(__file__).resolve().parents[2]
 TRANSPORTS: tuple[Transport, ...] = ("sse", "ws")
 POLICY = Reconnect(initial=0.05, maximum=0.5, give_up_after=WAIT_SECONDS)
 
@@ -82,64 +78,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class ServeProcess:
-    """`fellowship serve` as a child process on a fixed port and database."""
-
-    def __init__(self, folder: Path, mock: MockLLM, port: int) -> None:
-        self.folder = folder
-        self.port = port
-        self.env = {
-            **os.environ,
-            "LLM_BASE_URL": mock.base_url,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "LOG_DIR": str(folder / "logs"),
-            "DATABASE_PATH": str(folder / "fellowship.db"),
-            "SPECS_DIR": str(REPO / "specs"),
-            "LLM_RETRIES": "0",
-            "WS_PING_SECONDS": "0.5",
-        }
-        self.process: asyncio.subprocess.Process | None = None
-        self._drain: asyncio.Task[None] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server", "serve",
-            cwd=self.folder,
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert await read_port(self.process, []) == self.port
-        self._drain = asyncio.create_task(self._discard_output())
-
-    async def _discard_output(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        while await self.process.stderr.read(65536):
-            pass
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-        if self._drain is not None:
-            await self._drain
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), WAIT_SECONDS)
-            except TimeoutError:
-                await self.kill()
-        if self._drain is not None:
-            await self._drain
 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
@@ -209,7 +147,8 @@ async def test_observers_get_every_event_once_across_a_sigkill_and_restart(
     tmp_path: Path, mock: MockLLM
 ) -> None:
     # One process start costs seconds: an SSE and a WebSocket observer share the run.
-    process = ServeProcess(tmp_path, mock, free_port())
+    fast_pings = {"WS_PING_SECONDS": "0.5"}
+    process = ServeProcess(tmp_path, mock.base_url, port=free_port(), env=fast_pings)
     await process.start()
     try:
         async with FellowshipClient(process.base_url, reconnect=POLICY) as fc:

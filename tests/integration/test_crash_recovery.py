@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
-import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,65 +26,9 @@ from engine.llm.mock import MockLLM
 from tests.integration.conftest import WsMember, spec_dict, ws_join
 from tests.integration.test_sse_stream import SseReader
 from tests.support.engine import WAIT_SECONDS
-from tests.support.served import read_port
+from tests.support.served import ServeProcess
 
-REPO = Path(__file__).parents[2]
 SEEDS = [11, 23, 42]
-
-
-class ServerProcess:
-    """`fellowship serve` in a subprocess on a given database."""
-
-    def __init__(self, tmp_path: Path, mock: MockLLM) -> None:
-        self.env = {
-            **os.environ,
-            "LLM_BASE_URL": mock.base_url,
-            "HOST": "127.0.0.1",
-            "PORT": "0",
-            "LOG_DIR": str(tmp_path / "logs"),
-            "DATABASE_PATH": str(tmp_path / "fellowship.db"),
-            "SPECS_DIR": str(REPO / "specs"),
-            "LLM_RETRIES": "0",
-        }
-        self.cwd = tmp_path
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self) -> str:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server",
-            "serve",
-            cwd=self.cwd,
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self.port = await read_port(self.process, [])
-        self._drain = asyncio.create_task(self._discard_output())
-        return f"127.0.0.1:{self.port}"
-
-    async def _discard_output(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        while await self.process.stderr.read(65536):
-            pass
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-        if self._drain is not None:
-            await self._drain
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), WAIT_SECONDS)
-            except TimeoutError:
-                await self.kill()
 
 
 @pytest.fixture
@@ -124,7 +65,7 @@ async def test_sigkill_mid_generation_loses_nothing_any_client_received(
     tmp_path: Path, mock: MockLLM, seed: int
 ) -> None:
     rng = random.Random(seed)
-    server = ServerProcess(tmp_path, mock)
+    server = ServeProcess(tmp_path, mock.base_url)
     address = await server.start()
     members: list[WsMember] = []
     # What each session's clients received: session token -> list of event lists.
@@ -270,7 +211,7 @@ def stored_events(database: Path, session_id: str) -> dict[int, str]:
 async def test_reconnects_after_a_sigkill_get_every_missed_turn_exactly_once(
     tmp_path: Path, mock: MockLLM
 ) -> None:
-    server = ServerProcess(tmp_path, mock)
+    server = ServeProcess(tmp_path, mock.base_url)
     address = await server.start()
     http = httpx.AsyncClient(base_url=f"http://{address}", timeout=WAIT_SECONDS)
     sse_http = httpx.AsyncClient(
@@ -346,7 +287,7 @@ async def test_reconnects_after_a_sigkill_get_every_missed_turn_exactly_once(
 
 
 async def test_usage_totals_in_status_survive_a_sigkill(tmp_path: Path, mock: MockLLM) -> None:
-    server = ServerProcess(tmp_path, mock)
+    server = ServeProcess(tmp_path, mock.base_url)
     address = await server.start()
     http = httpx.AsyncClient(base_url=f"http://{address}", timeout=WAIT_SECONDS)
     try:

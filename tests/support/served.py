@@ -136,3 +136,77 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class ServeProcess:
+    """`fellowship serve` as a child that a test kills and starts again on one database.
+
+    `port` 0 takes a free port at every start; a given port is kept across restarts (a
+    client then reconnects to the same address). `env` adds or overrides settings.
+    """
+
+    def __init__(
+        self, folder: Path, llm_base_url: str, *, port: int = 0, env: dict[str, str] | None = None
+    ) -> None:
+        self.folder = folder
+        self.port = port
+        self._fixed_port = port
+        self.env = {
+            **os.environ,
+            "LLM_BASE_URL": llm_base_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_DIR": str(folder / "logs"),
+            "DATABASE_PATH": str(folder / "fellowship.db"),
+            "SPECS_DIR": str(REPO / "specs"),
+            "LLM_RETRIES": "0",
+            **(env or {}),
+        }
+        self.process: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.address}"
+
+    async def start(self) -> str:
+        """Start the process; return its `host:port` once it listens."""
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server", "serve",
+            cwd=self.folder,
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self.port = await read_port(self.process, [])
+        assert self._fixed_port in (0, self.port)
+        self._drain = asyncio.create_task(self._discard_output())
+        return self.address
+
+    async def _discard_output(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while await self.process.stderr.read(65536):
+            pass
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+        if self._drain is not None:
+            await self._drain
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not stopped within `WAIT_SECONDS`."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), WAIT_SECONDS)
+            except TimeoutError:
+                await self.kill()
+        if self._drain is not None:
+            await self._drain
