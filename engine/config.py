@@ -536,6 +536,22 @@ class Settings(BaseSettings):
         return keys
 
 
+def planned_settings(settings: Settings) -> list[str]:
+    """Settings that are set but whose feature is not built yet, each with what happens.
+
+    Cluster mode is built in parts (docs/scale-out.md): until `fellowship serve` runs
+    the Redis hub and the leases, a process given `REDIS_URL` still runs alone, and says so
+    rather than pretend.
+    """
+    planned: list[str] = []
+    if settings.redis_url.get_secret_value():
+        planned.append(
+            "REDIS_URL is set, but cluster mode is not wired into `fellowship serve` yet "
+            "(planned, docs/scale-out.md): this process runs its sessions alone"
+        )
+    return planned
+
+
 def decode_secret_key(text: str) -> bytes:
     """The raw bytes of one `SECRET_KEY` key.
 

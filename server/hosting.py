@@ -27,7 +27,7 @@ from hypercorn.config import Config
 from quart import Quart
 
 from engine.backend_status import BackendStatus
-from engine.config import Settings
+from engine.config import Settings, planned_settings
 from engine.default_backend import open_default_backend
 from engine.embedded.backend import DisplayCallback
 from engine.logs import setup_logging
@@ -117,6 +117,8 @@ def run(settings: Settings, *, mock: bool = False, display: DisplayCallback | No
     secrets = [settings.llm_api_key, *named, *tokens, *settings.secret_key]
     keys = [key.get_secret_value() for key in secrets if key.get_secret_value()]
     setup_logging(settings.log_dir, settings.log_level, api_keys=keys)
+    for warning in planned_settings(settings):
+        log.warning("%s", warning)
 
     async def main() -> None:
         shutdown = asyncio.Event()

@@ -162,3 +162,13 @@ def test_llm_backends_hosts_follow_allowed_llm_hosts(monkeypatch: pytest.MonkeyP
     assert load_settings(_env_file=None).llm_backends["far"].base_url == (
         "https://LLM.example.com/v1"
     )
+
+
+def test_a_redis_url_is_reported_as_planned_until_cluster_mode_is_wired() -> None:
+    from engine.config import load_settings, planned_settings
+
+    assert planned_settings(load_settings(_env_file=None)) == []
+    with_redis = load_settings(_env_file=None, redis_url="redis://:hunter2@127.0.0.1:6379/0")
+    [warning] = planned_settings(with_redis)
+    assert "REDIS_URL" in warning and "planned" in warning
+    assert "hunter2" not in warning
