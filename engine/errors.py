@@ -184,6 +184,12 @@ class NotOwner(InvalidState):
     code = "not_owner"
 
 
+class OwnerUnreachable(Unavailable):
+    """The node that runs the session did not answer a command in time (cluster mode)."""
+
+    code = "owner_unreachable"
+
+
 class TooManySessions(TooMany):
     """MAX_SESSIONS sessions are running already."""
 
