@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from engine.events import HistoryEvent, StateChanged, TalkerMessage, parse_event
 from engine.history import Message
 from engine.hub import Frame, HubOptions, LocalHub, Subscription
+from engine.hub import redis as redis_hub
 from engine.hub.redis import RedisEvents
 from engine.store.base import EventRecord, SessionRecord, Store
 from engine.store.in_memory import MemoryStore
@@ -388,12 +389,16 @@ async def run_cluster_scenario(
                 created_at=T0,
             )  # fmt: skip
             await store.save_session(record)
+            # A node's `close` sometimes waits its whole bound for a cancelled task (seen
+            # with no event yet, or right after a crash); 5 s an example is too slow here.
+            bound, redis_hub.COMMAND_TIMEOUT = redis_hub.COMMAND_TIMEOUT, 0.5
             server = ClusterServer(store, buffer, session_id, url, prefix)
             await server.open()
             try:
                 await check_scenario(server, operations)
             finally:
                 await server.close()
+                redis_hub.COMMAND_TIMEOUT = bound
         finally:
             await store.close()
 
