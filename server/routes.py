@@ -14,7 +14,6 @@ token gets the same 404 whether or not a session ever existed.
 
 from __future__ import annotations
 
-import hmac
 from importlib.metadata import PackageNotFoundError, version
 
 from pydantic import ValidationError
@@ -290,15 +289,28 @@ async def cluster() -> Response:
 
 def _check_admin_token(settings: Settings, authorization: str) -> None:
     refused = ClusterTokenInvalid("GET /v1/cluster needs CLUSTER_ADMIN_TOKEN as a Bearer token")
-    scheme, _, given = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    given = _bearer(authorization)
+    if given is None:
         raise refused  # no credential at all: 401, as for any protected route
     expected = settings.cluster_admin_token.get_secret_value()
     if not expected:
         raise NotFound("no such route")
-    # Compared as hashes: equal lengths, constant time, whatever was sent.
-    if not hashes_match(token_hash(given.strip()), token_hash(expected)):
+    if not _same_token(given, expected):
         raise refused
+
+
+def _bearer(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (scheme in any case), if any."""
+    scheme, _, given = authorization.partition(" ")
+    token = given.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _same_token(given: str, expected: str) -> bool:
+    # Compared as hashes: equal lengths, constant time, whatever was sent.
+    return hashes_match(token_hash(given), token_hash(expected))
+
+
 # --- metrics ---------------------------------------------------------------------------------
 
 
@@ -330,10 +342,8 @@ def _check_metrics_token(expected: str) -> None:
     """Refuse the scrape unless it carries the metrics token (none set: anyone may)."""
     if not expected:
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    # Constant time, so the token cannot be guessed from how long a refusal takes.
-    matches = hmac.compare_digest(given.strip().encode(), expected.encode())
-    if scheme.lower() != "bearer" or not matches:
+    given = _bearer(request.headers.get("Authorization", ""))
+    if given is None or not _same_token(given, expected):
         raise Unauthorized("this server's metrics need `Authorization: Bearer <METRICS_TOKEN>`")
 
 
