@@ -42,7 +42,7 @@ from engine.outage import answers, is_outage, outage_notice, retry_delays
 from engine.rectifier import Slot
 from engine.session import Member, Session
 from engine.speakers import Decision, RoundRobin, SpeakerSelector
-from engine.store.base import StorageError, StorageFailure
+from engine.store.base import Fenced, StorageError, StorageFailure
 from engine.template_watch import TemplateWatch
 from engine.turns import TurnOutcome, run_turn
 
@@ -139,6 +139,10 @@ class SessionLoop:
                 self._errors_in_a_row = 0
             except asyncio.CancelledError:
                 raise
+            except Fenced:
+                # Another node runs the session now: this one stops, writing nothing.
+                self.session.log.warning("lease lost: this node no longer runs the session")
+                return
             except StorageError as exc:
                 self.session.log.error("storage failure, ending session: %s", exc.message)
                 await self._finish("error", exc.message)
@@ -425,6 +429,8 @@ class SessionLoop:
 
         try:
             await self._record(place)
+        except Fenced:
+            raise  # another node runs the session now; the sender retries there
         except StorageError as exc:
             # As in the driver: never go on with a history that could not be stored.
             session.log.error("storage failure, ending session: %s", exc.message)
@@ -464,7 +470,7 @@ class SessionLoop:
 
     def _events_not_stored(self, exc: Exception) -> None:
         # As with history: never go on with events that could not be stored.
-        if self.state == "ended" or self._ending is not None:
+        if self.state == "ended" or self._ending is not None or isinstance(exc, Fenced):
             return
         self.session.log.error("storage failure (events), ending session: %s", exc)
         self._ending = asyncio.create_task(self._end_quietly("error", f"events not stored: {exc}"))
@@ -505,10 +511,10 @@ class SessionLoop:
         if deadline is not None and deadline is not asyncio.current_task():
             deadline.cancel()
         session = self.session
-        if self._on_end is not None:
-            self._on_end(session)
         with contextlib.suppress(Exception):
             await session.save(state="ended", ended_at=session.now(), end_reason=self._end_reason)
+        if self._on_end is not None:
+            self._on_end(session)
 
     async def _record(self, place: Callable[[], tuple[Message | None, list[BaseEvent]]]) -> None:
         try:

@@ -274,8 +274,19 @@ class Session:
         """Talkers connected now."""
         return sum(1 for m in self.members.values() if m.role == "talker")
 
-    def join(self, role: MemberRole, name: str | None, since: int | None) -> Member:
-        """Connect a member; talkers are refused when the mode or `max_talkers` forbids."""
+    def join(
+        self,
+        role: MemberRole,
+        name: str | None,
+        since: int | None,
+        *,
+        remote_id: str | None = None,
+    ) -> Member:
+        """Connect a member; talkers are refused when the mode or `max_talkers` forbids.
+
+        `remote_id`: the member is connected to another cluster node, which streams to it
+        (engine/cluster/node.py); here it only counts, under that id.
+        """
         if role == "talker":
             if self.options.participation == "autonomous":
                 raise TalkersNotAllowed(
@@ -286,10 +297,14 @@ class Session:
                     f"this session already has its {self.options.max_talkers} talker(s)"
                 )
         member = Member(
-            id=secrets.token_hex(MEMBER_ID_BYTES),
+            id=remote_id or secrets.token_hex(MEMBER_ID_BYTES),
             role=role,
             name=name,
-            subscription=self.hub.subscribe(self.snapshot, since),
+            subscription=(
+                self.hub.subscribe(self.snapshot, since)
+                if remote_id is None
+                else Subscription(0, 1, _streamed_elsewhere)
+            ),
         )
         self.touch()
         if self.hub.closed:
@@ -328,3 +343,7 @@ class Session:
     def now(self) -> datetime:
         """Current UTC time from the injected clock."""
         return self.deps.clock.now()
+
+
+def _streamed_elsewhere(subscription: Subscription) -> None:
+    """A remote member's placeholder stream: its node closes the real one."""
