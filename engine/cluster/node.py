@@ -16,7 +16,7 @@ does not run (SPEC §21).
 A member connected here to a session another node runs gets its `history` from the
 store and then the follower's stream (`join`). While it has members here, the node
 tells the owner every lease interval, so that the owner does not count the session
-idle (`touch`).
+idle (`touch`); once it has none, it stops following.
 """
 
 from __future__ import annotations
@@ -174,17 +174,16 @@ class ClusterNode:
             # Exact replay from what this node has: no snapshot needed.
             return hub.subscribe(_unused_snapshot, since)
         messages, seq = await self.store.load_history(handle.session_id)
+        if hub.closed:  # left by its last member meanwhile
+            hub = await self._follower(handle.record)
         history = HistoryEvent(messages=messages, state=handle.record.state)
         history.seq, history.ts = seq, self._clock.now()
         return hub.subscribe_from(history, since)
 
-    def followed(self, session_id: str) -> FollowerHub | None:
-        """The follower of a session, if this node follows it (for a take-over)."""
-        return self._followers.get(session_id)
-
     def unfollow(self, session_id: str) -> FollowerHub | None:
-        """Stop following a session (this node takes it over); its hub, if any."""
-        return self._followers.pop(session_id, None)
+        """Stop following a session (this node takes it over); its open hub, if any."""
+        hub = self._followers.pop(session_id, None)
+        return hub if hub is not None and not hub.closed else None
 
     async def _follower(self, record: SessionRecord) -> FollowerHub:
         hub = self._followers.get(record.id)
@@ -223,9 +222,11 @@ class ClusterNode:
         while True:
             await asyncio.sleep(self.keeper.interval)
             for session_id, hub in list(self._followers.items()):
-                if hub.closed:
+                if hub.closed or not hub.member_count:
+                    # Nobody here watches it any more: stop reading its stream.
                     self._followers.pop(session_id, None)
-                elif hub.member_count:
+                    hub.close(CLOSE_SHUTDOWN)
+                else:
                     task = asyncio.create_task(self._touch(session_id))
                     task.add_done_callback(_quiet)
 
