@@ -3,11 +3,11 @@
 Run by `bench/fanout.py` as its own process (`python -m bench.load ...`), so that the
 clients' work is not done by the server's interpreter. It connects every observer (a
 bounded number at a time), prints `READY <seconds>` once each has its `history` event
-and every announcement of the others' arrival, then reads until every stream has
-delivered `session_end` or closed. For each event it notes the delay from the event's
-`ts` (stamped by the server when it was published) to its receipt here — one machine,
-one clock — and checks that the `seq` numbers run without a gap. The result is one
-JSON line on stdout (`LoadResult`).
+and has been told (by a `presence` event, or its own history) that every observer is
+there, then reads until every stream has delivered `session_end` or closed. For each
+event it notes the delay from the event's `ts` (stamped by the server when it was
+published) to its receipt here — one machine, one clock — and checks that the `seq`
+numbers run without a gap. The result is one JSON line on stdout (`LoadResult`).
 
 The clients are bare asyncio protocols rather than full client libraries: thousands of
 observers in one Python process must cost microseconds per event, or the figure would
@@ -42,9 +42,11 @@ from bench.stats import Distribution
 
 CONNECT_CONCURRENCY: Final = 64
 """Connections opened at once: a burst of thousands would overflow the listen backlog."""
-MEMBERSHIP_TYPES: Final = frozenset({"member_joined", "member_left"})
+MEMBERSHIP_TYPES: Final = frozenset({"member_joined", "member_left", "presence"})
 """Events caused by the observers themselves; their delays are reported apart."""
 _HEAD: Final = re.compile(rb'"type":"([^"]+)","seq":(\d+),"ts":"([^"]+)"')
+_OBSERVERS: Final = re.compile(rb'"observers":(\d+)')
+"""The observer count of a `presence` event, or of a `history` event's `presence`."""
 _PREFIX_BYTES: Final = 160
 """Every event starts `{"type":..,"seq":..,"ts":..}`: parsing that prefix is enough."""
 SETTLE_POLL_SECONDS: Final = 0.05
@@ -67,7 +69,7 @@ class LoadResult(BaseModel):
     ws: int = Field(description="Of which WebSocket.")
     sse: int = Field(description="Of which SSE.")
     connect_seconds: float = Field(
-        description="Time to connect them all, each with its history and every arrival notice."
+        description="Time to connect them all, each with its history and told that all are there."
     )
     connect_failures: int = Field(description="Observers that could not connect.")
     completed: int = Field(description="Observers that received session_end.")
@@ -78,7 +80,7 @@ class LoadResult(BaseModel):
     final_seq: int = Field(description="The session_end seq.")
     delay_ms: Distribution = Field(description="Publish-to-receipt delay of session events.")
     membership_delay_ms: Distribution = Field(
-        description="Delay of member_joined/member_left events (the connect storm)."
+        description="Delay of presence events (observers are counted there, not announced)."
     )
     delay_by_kind_ms: dict[str, Distribution] = Field(
         description="Delay of session events per transport and event type (`ws:bot_message`)."
@@ -111,6 +113,7 @@ class Observer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.history_seq: int | None = None
         self.last_seq: int | None = None
+        self.observers_told: int | None = None  # the latest observer count it was given
         self.received = 0
         self.gaps = 0
         self.ended = False
@@ -172,6 +175,12 @@ class Observer(asyncio.Protocol):
         if match is None:
             return  # something this client does not know: ignore it, as clients must
         kind, seq = match.group(1).decode(), int(match.group(2))
+        if kind in ("history", "presence"):
+            # The count comes last in both (a history's messages cannot hold it unescaped).
+            start = event.rfind(b'"observers":')
+            told = _OBSERVERS.match(event, start) if start >= 0 else None
+            if told is not None:
+                self.observers_told = int(told.group(1))
         if kind == "history":
             self.history_seq = self.last_seq = seq
             self.ready.set()
@@ -366,12 +375,25 @@ async def _open(
     return observer
 
 
+async def _counted(observers: list[Observer]) -> None:
+    """Wait until every open stream was told that every connected observer is there.
+
+    Observers are not announced one by one: the server sends a coalesced `presence`
+    event (at most one a second) with the count, and each `history` carries it too.
+    """
+    while True:
+        open_ = [o for o in observers if o.history_seq is not None and not o.done.is_set()]
+        if all(o.observers_told == len(open_) for o in open_):
+            return
+        # Polled: thousands of streams would each need a wake-up on every event otherwise.
+        await asyncio.sleep(SETTLE_POLL_SECONDS)
+
+
 async def _settled(observers: list[Observer]) -> None:
     """Wait until every open stream has caught up with the newest event any of them has.
 
-    While the session is paused the only events are arrival notices, if the server
-    sends them: each connect is announced to everyone already there, so a connect storm
-    leaves a backlog. Measuring starts once it has been delivered, everywhere.
+    While the session is paused the only events are the ones the observers' arrivals
+    cause. Measuring starts once they have been delivered, everywhere.
     """
     while True:
         newest = max((o.last_seq or 0) for o in observers)
@@ -409,6 +431,7 @@ async def run(base_url: str, token: str, ws: int, sse: int, deadline: float) -> 
     observers = await asyncio.wait_for(
         asyncio.gather(*(_open(loop, make, (host, port), gate) for make in makers)), deadline
     )
+    await asyncio.wait_for(_counted(observers), deadline)
     await asyncio.wait_for(_settled(observers), deadline)
     connected = time.monotonic() - began
     print(f"{READY_LINE} {connected:.3f}", flush=True)

@@ -311,7 +311,7 @@ def table(results: Results) -> str:
             ),
             (
                 "",
-                "connect all + arrival notices, s / load CPU s",
+                "connect all + told the count, s / load CPU s",
                 f"{_f(f.load.connect_seconds)} / {_f(f.load.load_cpu_seconds)}",
                 "",
             ),

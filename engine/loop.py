@@ -385,6 +385,7 @@ class SessionLoop:
     def finished(self, reason: str, detail: str | None) -> None:
         session = self.session
         self._end_reason = reason
+        session.presence.stop()  # a pending presence event must not follow session_end
         session.loop_state = "ended"
         session.emit(StateChanged(state="ended"))
         session.emit(SessionEnd.model_validate({"reason": reason, "detail": detail}))
@@ -481,6 +482,7 @@ class SessionLoop:
 
     async def stop(self) -> None:
         """Stop the driver without ending the session (server shutdown)."""
+        self.session.presence.stop()  # nothing is announced while the process stops
         if self._deadline is not None:
             self._deadline.cancel()
         await self._stop_task()

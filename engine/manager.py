@@ -54,7 +54,6 @@ from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SECRET_FIELDS, S
 from engine.status import (
     BackendReport,
     LimitReport,
-    MemberCounts,
     SessionStatus,
     TokenReport,
 )
@@ -446,10 +445,7 @@ class SessionManager:
             bot_turns=record.bot_turns,
             messages=len(session.history),
             last_seq=session.hub.durable_seq,
-            members=MemberCounts(
-                talkers=[m.name or "" for m in session.members.values() if m.role == "talker"],
-                observers=sum(1 for m in session.members.values() if m.role == "observer"),
-            ),
+            members=session.presence_now(),
             tokens=TokenReport(
                 context=session.context_tokens,
                 limit=session.context_limit,
