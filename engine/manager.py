@@ -167,6 +167,8 @@ class SessionManager:
             return
         self._closed = True
         await self._housekeeper.stop()
+        if self.cluster is not None:
+            await self.cluster.quiesce()
         every = self._sessions.loops()
         loops = [loop for loop in every if loop.loop_state != "ended"]
         await asyncio.gather(*(loop.stop() for loop in loops), return_exceptions=True)

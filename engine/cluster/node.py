@@ -107,6 +107,11 @@ class ClusterNode:
         await self.keeper.start()
         self._toucher = asyncio.create_task(self._touch_loop(), name="cluster-touch")
 
+    async def quiesce(self) -> None:
+        """The start of a clean stop: take nothing more over (take-overs under way end
+        first), so that every session this node runs is among the loops it stops."""
+        await self.keeper.quiesce()
+
     async def hand_over(self) -> None:
         """A clean stop, once this node's loops are stopped: its leases go at once."""
         await self.keeper.stop()

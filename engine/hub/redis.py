@@ -123,6 +123,7 @@ class _Outgoing:
     fields: dict[Any, Any]
     maxlen: int
     end: bool  # an end entry never creates a stream (an expired one stays gone)
+    again: bool = False  # sent again by a new owner: the stream most likely has it
 
 
 class RedisEvents:
@@ -222,11 +223,17 @@ class RedisEvents:
         return hub
 
     # --- publishing ----------
-    def append(self, key: str, frames: list[Frame], *, prev: int, maxlen: int) -> None:
-        """Queue stored frames for the stream `key`, each linked to the one before."""
+    def append(
+        self, key: str, frames: list[Frame], *, prev: int, maxlen: int, again: bool = False
+    ) -> None:
+        """Queue stored frames for the stream `key`, each linked to the one before.
+
+        `again`: frames a new owner sends once more in case its predecessor could not;
+        Redis refusing them (the stream has them) is expected and not worth a warning.
+        """
         for frame in frames:
             fields = {"p": str(prev), "t": frame.type, "d": frame.data}
-            self._outbox.append(_Outgoing(key, f"{frame.seq}-0", fields, maxlen, end=False))
+            self._outbox.append(_Outgoing(key, f"{frame.seq}-0", fields, maxlen, False, again))
             prev = frame.seq
         self._wake_publisher()
 
@@ -280,7 +287,8 @@ class RedisEvents:
             if isinstance(result, Exception):
                 # An ID not above the stream's top: another owner published this seq
                 # (this node lost the session) or the end was published already.
-                log.warning("event %s of %s not published: %s", item.entry_id, item.key, result)
+                level = logging.DEBUG if item.again else logging.WARNING
+                log.log(level, "event %s of %s not published: %s", item.entry_id, item.key, result)
 
     # --- reading ----------
     async def entries(self, session_id: str) -> list[StreamEntry]:
@@ -406,7 +414,9 @@ class RedisHub(LocalHub):
         # property test; Redis refuses it, harmlessly, when the stream has it already.)
         if stored and stored[-1].seq == self.last_seq:
             prev = stored[-2].seq if len(stored) > 1 else stored[-1].seq - 1
-            self._events.append(self.stream_key, stored[-1:], prev=prev, maxlen=self._buffer_size)
+            self._events.append(
+                self.stream_key, stored[-1:], prev=prev, maxlen=self._buffer_size, again=True
+            )
 
     def close(self, reason: str = CLOSE_SESSION_ENDED) -> None:
         """End every member's stream here, and on every node unless the session goes on
