@@ -85,6 +85,11 @@ class LoadResult(BaseModel):
     delay_by_kind_ms: dict[str, Distribution] = Field(
         description="Delay of session events per transport and event type (`ws:bot_message`)."
     )
+    delay_by_server_ms: dict[str, Distribution] = Field(
+        default_factory=dict,
+        description="Delay of session events per server the observers were connected to "
+        "(`host:port`, in the order given), when there were several.",
+    )
     load_cpu_seconds: float = Field(description="CPU time this load process used.")
     wall_seconds: float = Field(description="From READY to the last stream's end.")
 
@@ -96,6 +101,7 @@ class Tally:
     delays: list[float] = field(default_factory=list)
     membership: list[float] = field(default_factory=list)
     by_kind: dict[str, list[float]] = field(default_factory=dict)
+    by_server: dict[str, list[float]] = field(default_factory=dict)
     final_seq: int = 0
     published: dict[int, float] = field(default_factory=dict)
     """Publication time of each seq: every observer gets the same event, parsed once."""
@@ -199,6 +205,7 @@ class Observer(asyncio.Protocol):
         else:
             tally.delays.append(delay)
             tally.by_kind.setdefault(f"{self.kind}:{kind}", []).append(delay)
+            tally.by_server[self.host].append(delay)
         self.received += 1
         if last is not None and seq > last + 1:
             self.gaps += seq - last - 1
@@ -405,8 +412,12 @@ async def _settled(observers: list[Observer]) -> None:
             return
 
 
-async def run(base_url: str, token: str, ws: int, sse: int, deadline: float) -> None:
-    """Connect the observers, report READY, collect until the session ends; print the result."""
+async def run(base_urls: list[str], token: str, ws: int, sse: int, deadline: float) -> None:
+    """Connect the observers, report READY, collect until the session ends; print the result.
+
+    With several base URLs (nodes of a cluster) the observers are spread evenly over
+    them, each getting as many WebSocket as SSE observers.
+    """
     raise_nofile()
     # A full collection walks every observer and buffer: a pause of 100 ms or more that
     # would be counted as delivery delay. This short-lived process makes little
@@ -414,22 +425,27 @@ async def run(base_url: str, token: str, ws: int, sse: int, deadline: float) -> 
     gc.disable()
     cpu_start = _cpu()
     tally = Tally()
-    parts = urlsplit(base_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    addresses: list[tuple[str, int]] = []
+    for base_url in base_urls:
+        parts = urlsplit(base_url)
+        addresses.append((parts.hostname or "127.0.0.1", parts.port or 80))
+        tally.by_server[f"{addresses[-1][0]}:{addresses[-1][1]}"] = []  # in the given order
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     # Interleave the two kinds, so both meet the same session at the same moments.
-    makers: list[Callable[[], Observer]] = []
+    makers: list[tuple[Callable[[], Observer], tuple[str, int]]] = []
     for index in range(max(ws, sse)):
+        host, port = address = addresses[index % len(addresses)]
         if index < ws:
             path = f"/v1/session/{token}/connect?role=observer"
-            makers.append(functools.partial(WsObserver, tally, f"{host}:{port}", path))
+            makers.append((functools.partial(WsObserver, tally, f"{host}:{port}", path), address))
         if index < sse:
             path = f"/v1/session/{token}/stream"
-            makers.append(functools.partial(SseObserver, tally, f"{host}:{port}", path))
+            makers.append((functools.partial(SseObserver, tally, f"{host}:{port}", path), address))
     began = time.monotonic()
     observers = await asyncio.wait_for(
-        asyncio.gather(*(_open(loop, make, (host, port), gate) for make in makers)), deadline
+        asyncio.gather(*(_open(loop, make, address, gate) for make, address in makers)),
+        deadline,
     )
     await asyncio.wait_for(_counted(observers), deadline)
     await asyncio.wait_for(_settled(observers), deadline)
@@ -482,6 +498,11 @@ def _result(
         delay_ms=Distribution.of(tally.delays),
         membership_delay_ms=Distribution.of(tally.membership),
         delay_by_kind_ms={k: Distribution.of(v) for k, v in sorted(tally.by_kind.items())},
+        delay_by_server_ms=(
+            {k: Distribution.of(v) for k, v in tally.by_server.items()}
+            if len(tally.by_server) > 1
+            else {}
+        ),
         load_cpu_seconds=cpu,
         wall_seconds=wall,
     )
@@ -493,9 +514,15 @@ def _cpu() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.load --base-url ... --token ... --ws N --sse N --deadline S`."""
+    """`python -m bench.load --base-url ... [--base-url ...] --token ... --ws N --sse N
+    --deadline S`."""
     parser = argparse.ArgumentParser(description="Fan-out load: observers of one session.")
-    parser.add_argument("--base-url", required=True, help="http://127.0.0.1:<port>")
+    parser.add_argument(
+        "--base-url",
+        action="append",
+        required=True,
+        help="http://127.0.0.1:<port>; repeated: observers spread evenly over the servers",
+    )
     parser.add_argument("--token", required=True, help="observer token of the session")
     parser.add_argument("--ws", type=int, required=True, help="WebSocket observers")
     parser.add_argument("--sse", type=int, required=True, help="SSE observers")
