@@ -144,7 +144,7 @@ class Supervisor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         except OSError as exc:
             detail = f"cannot start {self.name} ({self.command[0]}): {exc.strerror or exc}"
@@ -239,11 +239,13 @@ async def _exited_within(exited: asyncio.Task[int], seconds: float) -> bool:
     return bool(done)
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """On Linux, a function for the child to ask the kernel for SIGTERM when its parent dies.
 
-    libc's `prctl` is looked up here, in the parent, so that the forked child only makes
-    one plain call (no loading, no imports) before it runs the server.
+    Pass it as `preexec_fn`. libc's `prctl` is looked up here, in the parent, so that the
+    forked child only makes one plain call (no loading, no imports) before it runs the
+    server. The kernel watches the thread that started the child: start it from one that
+    lives as long as the process (the main thread, or the event loop's).
     """
     if not sys.platform.startswith("linux"):
         return None
