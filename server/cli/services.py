@@ -214,7 +214,8 @@ def start_postgres(
     (default: the system's temporary folder), with an empty `database`."""
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="fellowship-pg-", dir=parent))
+    # Absolute: PostgreSQL changes into its data folder before it reads the others.
+    folder = Path(tempfile.mkdtemp(prefix="fellowship-pg-", dir=parent)).resolve()
     account = _unprivileged_user()
     user: int | None = None
     if account is not None:
@@ -306,7 +307,7 @@ def start_redis(binary: Path, *, parent: Path | None = None) -> Service:
     temporary folder), keeping nothing on disk."""
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="fellowship-redis-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix="fellowship-redis-", dir=parent)).resolve()
     log = folder / "redis.log"
     port = free_port()
     process = _spawn(
