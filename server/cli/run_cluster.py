@@ -70,15 +70,16 @@ NODE_START_SECONDS: Final = 120.0
 """How long a node (or the mock) may take to listen and answer /healthz."""
 NODE_STOP_MARGIN_SECONDS: Final = 10.0
 """How long past SHUTDOWN_GRACE_SECONDS a node may take to stop before it is killed."""
-EXIT_NODE_DIED: Final = 1
+EXIT_FAILED: Final = 1
+"""The exit status once a node could not start, or one died on its own."""
 
 _LISTENING = re.compile(r"Running on https?://\S+:(\d+)")
 _MOCK_LISTENING = re.compile(r"listening on (\S+)")
-_ANY_ADDRESS: Final = ("", "0.0.0.0", "::")  # bound to every address: probed on loopback
+_ANY_ADDRESS: Final = ("", "0.0.0.0", "::")  # every interface: the nodes are reached on loopback
 
 
 class ClusterFailed(Exception):
-    """A node or the mock could not be started, or stopped on its own."""
+    """A node or the mock could not be started."""
 
 
 def register(sub: Any) -> None:
@@ -387,7 +388,7 @@ async def _run(plan: Plan, out: TextIO, log: TextIO) -> int:
             code = await _watch(children, stop, log)
     except ClusterFailed as exc:
         print(f"fellowship run-cluster: {exc}; stopping the cluster", file=log, flush=True)
-        code = EXIT_NODE_DIED
+        code = EXIT_FAILED
     finally:
         await _stop_all(plan, children)
     return code
@@ -440,7 +441,7 @@ async def _watch(children: list[Child], stop: asyncio.Event, log: TextIO) -> int
                 return code
             for task in done:
                 child = exits.pop(task)
-                code = EXIT_NODE_DIED
+                code = EXIT_FAILED
                 how = describe_exit(child.process.returncode)
                 if child.is_node and any(other.is_node for other in exits.values()):
                     after = "the other nodes take its sessions over"
@@ -475,7 +476,7 @@ def _announce(plan: Plan, children: list[Child], out: TextIO) -> None:
             "set LLM_BASE_URL for a real backend"
         )
     else:
-        backend = f"{plan.llm_base_url} (LLM_BASE_URL), shared by every node"
+        backend = f"{display_url(plan.llm_base_url)} (LLM_BASE_URL), shared by every node"
     rows = [*plan.described, ("LLM backend", backend)]
     rows += [(node.name, f"{node.url}/  (pid {node.process.pid})") for node in nodes]
     width = max(len(name) for name, _ in rows)
@@ -486,7 +487,7 @@ def _announce(plan: Plan, children: list[Child], out: TextIO) -> None:
     lines += [
         f"Web console: {first}/ — any node serves any session, so open it on another node too.",
         "The cluster (nodes, their sessions, lease ages):",
-        f"  curl -H 'Authorization: Bearer {token}' {first}/v1/cluster",
+        f'  curl -H "Authorization: Bearer {token}" {first}/v1/cluster',
     ]
     if plan.token_generated:
         lines.append("  (a CLUSTER_ADMIN_TOKEN made for this run; set your own to keep one)")

@@ -138,6 +138,13 @@ def _spawn(command: list[str], log: Path, *, user: int | None = None) -> subproc
         )  # fmt: skip
 
 
+def _abandon(folder: Path, server: Throwaway | None) -> None:
+    """Undo a start that failed or was interrupted: stop the server, delete the folder."""
+    if server is not None:
+        server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _wait_until(ready: Callable[[], bool], server: Throwaway, what: str) -> None:
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
@@ -147,7 +154,6 @@ def _wait_until(ready: Callable[[], bool], server: Throwaway, what: str) -> None
             return
         time.sleep(0.1)
     tail = server.log.read_text(errors="replace")[-2000:] if server.log.exists() else ""
-    server.stop()
     raise ServiceUnavailable(f"the throwaway {what} did not start:\n{tail}")
 
 
@@ -216,45 +222,46 @@ def start_postgres(
         parent.mkdir(parents=True, exist_ok=True)
     # Absolute: PostgreSQL changes into its data folder before it reads the others.
     folder = Path(tempfile.mkdtemp(prefix="fellowship-pg-", dir=parent)).resolve()
-    account = _unprivileged_user()
-    user: int | None = None
-    if account is not None:
-        os.chown(folder, account.pw_uid, account.pw_gid)
-        user = account.pw_uid
-    data, log = folder / "data", folder / "postgres.log"
-    init = subprocess.run(  # noqa: S603 - PostgreSQL's initdb, our own arguments
-        [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-         "-E", "UTF8", "--no-sync"],
-        capture_output=True, user=user, check=False, timeout=START_SECONDS,
-    )  # fmt: skip
-    if init.returncode != 0:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ServiceUnavailable(f"initdb failed: {init.stderr.decode(errors='replace')[-2000:]}")
-    port = free_port()
-    # Durability is of no use to a throwaway server; speed is.
-    process = _spawn(
-        [str(binaries / "postgres"), "-D", str(data), "-p", str(port), "-h", LOOPBACK,
-         "-k", str(folder), "-c", "fsync=off", "-c", "synchronous_commit=off",
-         "-c", "full_page_writes=off"],
-        log, user=user,
-    )  # fmt: skip
-    server = Throwaway(process, folder, log)
-    base = f"postgresql://postgres@{LOOPBACK}:{port}/postgres"
-    _wait_until(lambda: run_sync(lambda: postgres_answers(base)), server, "PostgreSQL")
-
-    async def create_database() -> None:
-        conn = await asyncpg.connect(base, timeout=PROBE_SECONDS)
-        try:
-            await conn.execute(f'CREATE DATABASE "{database}"')
-        finally:
-            await conn.close()
-
+    server: Throwaway | None = None
     try:
-        run_sync(create_database)
-    except BaseException:
-        server.stop()
+        account = _unprivileged_user()
+        user: int | None = None
+        if account is not None:
+            os.chown(folder, account.pw_uid, account.pw_gid)
+            user = account.pw_uid
+        data, log = folder / "data", folder / "postgres.log"
+        init = subprocess.run(  # noqa: S603 - PostgreSQL's initdb, our own arguments
+            [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+             "-E", "UTF8", "--no-sync"],
+            capture_output=True, user=user, check=False, timeout=START_SECONDS,
+        )  # fmt: skip
+        if init.returncode != 0:
+            problem = init.stderr.decode(errors="replace")[-2000:]
+            raise ServiceUnavailable(f"initdb failed: {problem}")
+        port = free_port()
+        # Durability is of no use to a throwaway server; speed is.
+        process = _spawn(
+            [str(binaries / "postgres"), "-D", str(data), "-p", str(port), "-h", LOOPBACK,
+             "-k", str(folder), "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "full_page_writes=off"],
+            log, user=user,
+        )  # fmt: skip
+        server = Throwaway(process, folder, log)
+        base = f"postgresql://postgres@{LOOPBACK}:{port}/postgres"
+        _wait_until(lambda: run_sync(lambda: postgres_answers(base)), server, "PostgreSQL")
+        run_sync(lambda: _create_database(base, database))
+    except BaseException:  # an interrupt too: nothing may stay behind
+        _abandon(folder, server)
         raise
     return Service(f"postgresql://postgres@{LOOPBACK}:{port}/{database}", "throwaway", server)
+
+
+async def _create_database(url: str, database: str) -> None:
+    conn = await asyncpg.connect(url, timeout=PROBE_SECONDS)
+    try:
+        await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
 
 
 def find_or_start_postgres(
@@ -310,14 +317,19 @@ def start_redis(binary: Path, *, parent: Path | None = None) -> Service:
     folder = Path(tempfile.mkdtemp(prefix="fellowship-redis-", dir=parent)).resolve()
     log = folder / "redis.log"
     port = free_port()
-    process = _spawn(
-        [str(binary), "--port", str(port), "--bind", LOOPBACK, "--save", "",
-         "--appendonly", "no", "--dir", str(folder)],
-        log,
-    )  # fmt: skip
-    server = Throwaway(process, folder, log)
     url = f"redis://{LOOPBACK}:{port}/0"
-    _wait_until(lambda: redis_answers(url), server, "Redis")
+    server: Throwaway | None = None
+    try:
+        process = _spawn(
+            [str(binary), "--port", str(port), "--bind", LOOPBACK, "--save", "",
+             "--appendonly", "no", "--dir", str(folder)],
+            log,
+        )  # fmt: skip
+        server = Throwaway(process, folder, log)
+        _wait_until(lambda: redis_answers(url), server, "Redis")
+    except BaseException:  # an interrupt too: nothing may stay behind
+        _abandon(folder, server)
+        raise
     return Service(url, "throwaway", server)
 
 
