@@ -64,8 +64,12 @@ class SessionLoop:
         summarizer: Summarizer | None = None,
         on_end: Callable[[Session], None] | None = None,
         restored: str | None = None,
+        gives_up: Callable[[StorageError], bool] | None = None,
     ) -> None:
         self.session = session
+        # Asked first when a write fails: True means the session goes on elsewhere (a
+        # cluster node that cannot reach the store), so this loop stops without ending it.
+        self._gives_up = gives_up or _never
         self.selector: SpeakerSelector = selector or RoundRobin()
         self._summarizer = summarizer
         self._on_end = on_end
@@ -144,6 +148,10 @@ class SessionLoop:
                 self.session.log.warning("lease lost: this node no longer runs the session")
                 return
             except StorageError as exc:
+                if self._gives_up(exc):
+                    self.session.log.warning("storage unreachable, session given up: %s",
+                                             exc.message)  # fmt: skip
+                    return
                 self.session.log.error("storage failure, ending session: %s", exc.message)
                 await self._finish("error", exc.message)
             except Exception as exc:
@@ -433,6 +441,8 @@ class SessionLoop:
         except Fenced:
             raise  # another node runs the session now; the sender retries there
         except StorageError as exc:
+            if self._gives_up(exc):
+                raise  # the session goes on elsewhere, once the store answers again
             # As in the driver: never go on with a history that could not be stored.
             session.log.error("storage failure, ending session: %s", exc.message)
             if self.state != "ended":
@@ -472,6 +482,8 @@ class SessionLoop:
     def _events_not_stored(self, exc: Exception) -> None:
         # As with history: never go on with events that could not be stored.
         if self.state == "ended" or self._ending is not None or isinstance(exc, Fenced):
+            return
+        if isinstance(exc, StorageError) and self._gives_up(exc):
             return
         self.session.log.error("storage failure (events), ending session: %s", exc)
         self._ending = asyncio.create_task(self._end_quietly("error", f"events not stored: {exc}"))
@@ -525,6 +537,11 @@ class SessionLoop:
             raise
         except Exception as exc:
             raise StorageFailure(f"could not store the history: {exc}", problem="other") from exc
+
+
+def _never(error: StorageError) -> bool:
+    """One process: a session whose writes fail always ends (nobody else could run it)."""
+    return False
 
 
 def _result_of(outcome: TurnOutcome) -> TurnResult:

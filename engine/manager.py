@@ -15,6 +15,7 @@ import contextlib
 import json
 import secrets
 from collections.abc import Coroutine, Mapping
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue, TypeAdapter
@@ -23,7 +24,7 @@ from engine.auth import mint_token, token_hash
 from engine.checks import InputChecks
 from engine.clock import Clock, SystemClock
 from engine.cluster.bus import Command, CommandKind
-from engine.cluster.node import ClusterNode, RemoteHandle
+from engine.cluster.node import TRANSIENT_PROBLEMS, ClusterNode, RemoteHandle
 from engine.config import Settings
 from engine.errors import (
     FellowshipError,
@@ -57,7 +58,7 @@ from engine.status import (
     SessionStatus,
     TokenReport,
 )
-from engine.store.base import SessionRecord, Store
+from engine.store.base import SessionRecord, StorageError, Store
 from engine.store.in_memory import MemoryStore
 from engine.store.secrets import SecretBox, seal_secrets, seal_stored
 from engine.store.timed import TimedStore
@@ -355,6 +356,7 @@ class SessionManager:
             summarizer=summarize if options.summarize_context else None,
             on_end=self._session_ended,
             restored=restored,
+            gives_up=None if self.cluster is None else partial(self._give_up, session.id),
         )
         self._sessions.add(loop)
         return loop
@@ -624,6 +626,10 @@ class SessionManager:
         finally:
             if self.cluster is not None:
                 await self.cluster.release(session.id)
+                # From now on the store tells what the session is: ended, or (when its
+                # end could not be stored) running again under the node that takes it
+                # over. A copy kept here could contradict it.
+                self._sessions.forget(session.id)
 
     def _in_background(self, work: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -745,6 +751,21 @@ class SessionManager:
         self._sessions.forget(session_id)
         await loop.stop()
         loop.session.hub.close(CLOSE_RECONNECT)
+
+    def _give_up(self, session_id: str, error: StorageError) -> bool:
+        """A write of a session failed because the store cannot be reached: rather than
+        end it (which could not be stored either), let it go, as if the lease were lost;
+        a node takes it over from the store once the store answers."""
+        if error.problem not in TRANSIENT_PROBLEMS:
+            return False
+        assert self.cluster is not None
+        self._in_background(self._let_go(session_id), f"let-go-{session_id}")
+        return True
+
+    async def _let_go(self, session_id: str) -> None:
+        assert self.cluster is not None
+        await self._lose(session_id)
+        await self.cluster.release(session_id)
 
     # --- secrets at rest ----------
     def _storage_json(self, spec: SessionSpec, session_id: str) -> str:

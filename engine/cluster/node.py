@@ -46,7 +46,7 @@ from engine.events import HistoryEvent
 from engine.hub import CLOSE_SHUTDOWN, Frame, HubOptions, Subscription
 from engine.hub.redis import FollowerHub, RedisEvents
 from engine.metrics import Metrics
-from engine.store.base import SessionRecord, Store
+from engine.store.base import SessionRecord, StorageProblem, Store
 
 log = logging.getLogger("fellowship.cluster")
 
@@ -55,6 +55,10 @@ OWNER_RETRY_SECONDS: Final = 0.2
 TRIES_PAST_LEASE: Final = 2.0
 """Seconds past a whole lease that a forwarded request keeps trying before it gives up:
 by then a surviving node has taken the session over."""
+TRANSIENT_PROBLEMS: Final[frozenset[StorageProblem]] = frozenset({"io", "locked"})
+"""Store failures after which a node lets a session go rather than end it: the store
+is unreachable or busy for now, and another node (or this one) takes the session over
+from what it holds once it answers."""
 _RETRIED: Final = (NotOwner, OwnerUnreachable, Fenced)
 """What a forwarded request meets while the session changes hands: it tries again."""
 
