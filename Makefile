@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODEL_STAMP := $(VENV)/.model-installed
 
-.PHONY: run test test-real lint typecheck generated schema diagrams check-generated clean bench soak
+.PHONY: run run-cluster test test-real lint typecheck generated schema diagrams check-generated clean bench soak
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ run: $(STAMP) $(MODEL_STAMP) .env
 	$(BIN)/fellowship backend fetch
 	$(BIN)/fellowship serve
 endif
+
+## make run-cluster: set up, then start NODES (default 2) cluster nodes on this machine on
+## ports 8000, 8001, ...: on PostgreSQL and Redis (DATABASE_URL/REDIS_URL, else the
+## machine's, else throwaway servers in .cluster/) and one mock LLM that every node shares
+## (or LLM_BASE_URL). Every node gets the SECRET_KEY of .env. See docs/scale-out.md.
+NODES ?= 2
+run-cluster: $(STAMP) .env
+	$(BIN)/fellowship secret-key --ensure .env
+	$(BIN)/fellowship run-cluster --nodes $(NODES)
 
 ## make test: set up, then lint, type-check, check generated files, run every test
 test: $(STAMP) lint typecheck check-generated

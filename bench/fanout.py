@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -26,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from bench import api
 from bench.load import READY_LINE, RESULT_PREFIX, LoadResult
-from bench.procs import Process, Server, running, spawn, start_mock, start_server
+from bench.procs import Process, Server, running, sample_sum, spawn, start_mock, start_server
 from bench.profile import profiled
 
 SAMPLE_SECONDS: Final = 0.5
@@ -39,15 +40,22 @@ class FanoutResult(BaseModel):
     """Delivery to N observers of one session, and what it cost the server."""
 
     observers: int = Field(description="N: observers connected (half WS, half SSE).")
+    nodes: int = Field(1, description="Server processes the observers were spread over.")
     turns: int = Field(description="Bot turns the session ran while observed.")
     turn_delay_s: float = Field(description="Pause between bot turns (the conversation pace).")
     load: LoadResult = Field(description="What the observers measured.")
     server_cpu_percent: float = Field(
-        description="Server CPU while the session ran (100 = one core)."
+        description="Server CPU while the session ran (100 = one core; every node together)."
     )
-    server_rss_idle_mib: float = Field(description="Server RSS before the observers connected.")
-    server_rss_connected_mib: float = Field(description="Server RSS with every observer connected.")
-    server_rss_peak_mib: float = Field(description="Highest server RSS sampled while it ran.")
+    server_rss_idle_mib: float = Field(
+        description="Server RSS before the observers connected (every node together)."
+    )
+    server_rss_connected_mib: float = Field(
+        description="Server RSS with every observer connected (every node together)."
+    )
+    server_rss_peak_mib: float = Field(
+        description="Highest server RSS sampled while it ran (every node together)."
+    )
 
 
 def _read_line(process: Process, prefix: str, timeout: float) -> str:
@@ -66,28 +74,31 @@ def _read_line(process: Process, prefix: str, timeout: float) -> str:
     raise RuntimeError(f"no {prefix!r} line from the load process in {timeout} s")
 
 
-async def _one(
-    server: Server,
+async def observe_session(
+    servers: Sequence[Server],
     n: int,
     turns: int,
     turn_delay: float,
     deadline: float,
-    profile: Path | None,
+    profile: Path | None = None,
 ) -> FanoutResult:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
+    """One session run by the first of `servers`, watched by `n` observers spread evenly
+    over all of them (each node half WS, half SSE); CPU and memory of every server added."""
+    owner = servers[0]
+    pids = [server.pid for server in servers]
+    async with httpx.AsyncClient(base_url=owner.base_url, timeout=60) as http:
         created = await api.create(
             http,
             api.bench_spec(participation="autonomous", max_turns=turns, turn_delay=turn_delay),
         )
         await api.control(http, created.token, "pause")
-        idle = server.sample()
+        idle = sample_sum(pids)
         load = spawn(
             f"load-{n}",
             [
                 "-m",
                 "bench.load",
-                "--base-url",
-                server.base_url,
+                *(arg for server in servers for arg in ("--base-url", server.base_url)),
                 "--token",
                 created.observer_token,
                 "--ws",
@@ -97,7 +108,7 @@ async def _one(
                 "--deadline",
                 str(deadline),
             ],
-            workdir=server.workdir,
+            workdir=owner.workdir,
             stdout=subprocess.PIPE,
         )
         connect_profile = (
@@ -105,13 +116,13 @@ async def _one(
         )
         try:
             with (
-                profiled(server.pid, connect_profile)
+                profiled(owner.pid, connect_profile)
                 if connect_profile
                 else contextlib.nullcontext()
             ):
                 await asyncio.to_thread(_read_line, load, READY_LINE, deadline)
-            connected = server.sample()
-            with profiled(server.pid, profile) if profile else contextlib.nullcontext():
+            connected = sample_sum(pids)
+            with profiled(owner.pid, profile) if profile else contextlib.nullcontext():
                 await api.control(http, created.token, "resume")
                 result_line = asyncio.create_task(
                     asyncio.to_thread(_read_line, load, RESULT_PREFIX, 2 * deadline)
@@ -121,7 +132,7 @@ async def _one(
                 while not result_line.done():
                     await asyncio.wait({result_line}, timeout=SAMPLE_SECONDS)
                     with contextlib.suppress(OSError):
-                        last = server.sample()
+                        last = sample_sum(pids)
                         peak = max(peak, last.rss_bytes)
             result = LoadResult.model_validate_json(result_line.result())
         finally:
@@ -130,6 +141,7 @@ async def _one(
     cpu = (last.cpu_seconds - connected.cpu_seconds) / max(last.at - connected.at, 1e-9)
     return FanoutResult(
         observers=n,
+        nodes=len(servers),
         turns=status.bot_turns,
         turn_delay_s=turn_delay,
         load=result,
@@ -154,7 +166,7 @@ async def measure(
         mock = start_mock(workdir, latency_ms=MOCK_LATENCY_MS)
         server = start_server(workdir, llm_base_url=mock.base_url)
         with running(server, mock):
-            return await _one(server, observers, turns, turn_delay, deadline, profile)
+            return await observe_session([server], observers, turns, turn_delay, deadline, profile)
 
 
 def main() -> None:

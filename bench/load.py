@@ -3,11 +3,11 @@
 Run by `bench/fanout.py` as its own process (`python -m bench.load ...`), so that the
 clients' work is not done by the server's interpreter. It connects every observer (a
 bounded number at a time), prints `READY <seconds>` once each has its `history` event
-and every announcement of the others' arrival, then reads until every stream has
-delivered `session_end` or closed. For each event it notes the delay from the event's
-`ts` (stamped by the server when it was published) to its receipt here — one machine,
-one clock — and checks that the `seq` numbers run without a gap. The result is one
-JSON line on stdout (`LoadResult`).
+and has been told (by a `presence` event, or its own history) that every observer is
+there, then reads until every stream has delivered `session_end` or closed. For each
+event it notes the delay from the event's `ts` (stamped by the server when it was
+published) to its receipt here — one machine, one clock — and checks that the `seq`
+numbers run without a gap. The result is one JSON line on stdout (`LoadResult`).
 
 The clients are bare asyncio protocols rather than full client libraries: thousands of
 observers in one Python process must cost microseconds per event, or the figure would
@@ -42,9 +42,11 @@ from bench.stats import Distribution
 
 CONNECT_CONCURRENCY: Final = 64
 """Connections opened at once: a burst of thousands would overflow the listen backlog."""
-MEMBERSHIP_TYPES: Final = frozenset({"member_joined", "member_left"})
+MEMBERSHIP_TYPES: Final = frozenset({"member_joined", "member_left", "presence"})
 """Events caused by the observers themselves; their delays are reported apart."""
 _HEAD: Final = re.compile(rb'"type":"([^"]+)","seq":(\d+),"ts":"([^"]+)"')
+_OBSERVERS: Final = re.compile(rb'"observers":(\d+)')
+"""The observer count of a `presence` event, or of a `history` event's `presence`."""
 _PREFIX_BYTES: Final = 160
 """Every event starts `{"type":..,"seq":..,"ts":..}`: parsing that prefix is enough."""
 SETTLE_POLL_SECONDS: Final = 0.05
@@ -67,7 +69,7 @@ class LoadResult(BaseModel):
     ws: int = Field(description="Of which WebSocket.")
     sse: int = Field(description="Of which SSE.")
     connect_seconds: float = Field(
-        description="Time to connect them all, each with its history and every arrival notice."
+        description="Time to connect them all, each with its history and told that all are there."
     )
     connect_failures: int = Field(description="Observers that could not connect.")
     completed: int = Field(description="Observers that received session_end.")
@@ -78,10 +80,15 @@ class LoadResult(BaseModel):
     final_seq: int = Field(description="The session_end seq.")
     delay_ms: Distribution = Field(description="Publish-to-receipt delay of session events.")
     membership_delay_ms: Distribution = Field(
-        description="Delay of member_joined/member_left events (the connect storm)."
+        description="Delay of presence events (observers are counted there, not announced)."
     )
     delay_by_kind_ms: dict[str, Distribution] = Field(
         description="Delay of session events per transport and event type (`ws:bot_message`)."
+    )
+    delay_by_server_ms: dict[str, Distribution] = Field(
+        default_factory=dict,
+        description="Delay of session events per server the observers were connected to "
+        "(`host:port`, in the order given), when there were several.",
     )
     load_cpu_seconds: float = Field(description="CPU time this load process used.")
     wall_seconds: float = Field(description="From READY to the last stream's end.")
@@ -94,6 +101,7 @@ class Tally:
     delays: list[float] = field(default_factory=list)
     membership: list[float] = field(default_factory=list)
     by_kind: dict[str, list[float]] = field(default_factory=dict)
+    by_server: dict[str, list[float]] = field(default_factory=dict)
     final_seq: int = 0
     published: dict[int, float] = field(default_factory=dict)
     """Publication time of each seq: every observer gets the same event, parsed once."""
@@ -111,6 +119,7 @@ class Observer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.history_seq: int | None = None
         self.last_seq: int | None = None
+        self.observers_told: int | None = None  # the latest observer count it was given
         self.received = 0
         self.gaps = 0
         self.ended = False
@@ -172,6 +181,12 @@ class Observer(asyncio.Protocol):
         if match is None:
             return  # something this client does not know: ignore it, as clients must
         kind, seq = match.group(1).decode(), int(match.group(2))
+        if kind in ("history", "presence"):
+            # The count comes last in both (a history's messages cannot hold it unescaped).
+            start = event.rfind(b'"observers":')
+            told = _OBSERVERS.match(event, start) if start >= 0 else None
+            if told is not None:
+                self.observers_told = int(told.group(1))
         if kind == "history":
             self.history_seq = self.last_seq = seq
             self.ready.set()
@@ -190,6 +205,7 @@ class Observer(asyncio.Protocol):
         else:
             tally.delays.append(delay)
             tally.by_kind.setdefault(f"{self.kind}:{kind}", []).append(delay)
+            tally.by_server[self.host].append(delay)
         self.received += 1
         if last is not None and seq > last + 1:
             self.gaps += seq - last - 1
@@ -366,12 +382,25 @@ async def _open(
     return observer
 
 
+async def _counted(observers: list[Observer]) -> None:
+    """Wait until every open stream was told that every connected observer is there.
+
+    Observers are not announced one by one: the server sends a coalesced `presence`
+    event (at most one a second) with the count, and each `history` carries it too.
+    """
+    while True:
+        open_ = [o for o in observers if o.history_seq is not None and not o.done.is_set()]
+        if all(o.observers_told == len(open_) for o in open_):
+            return
+        # Polled: thousands of streams would each need a wake-up on every event otherwise.
+        await asyncio.sleep(SETTLE_POLL_SECONDS)
+
+
 async def _settled(observers: list[Observer]) -> None:
     """Wait until every open stream has caught up with the newest event any of them has.
 
-    While the session is paused the only events are arrival notices, if the server
-    sends them: each connect is announced to everyone already there, so a connect storm
-    leaves a backlog. Measuring starts once it has been delivered, everywhere.
+    While the session is paused the only events are the ones the observers' arrivals
+    cause. Measuring starts once they have been delivered, everywhere.
     """
     while True:
         newest = max((o.last_seq or 0) for o in observers)
@@ -383,8 +412,12 @@ async def _settled(observers: list[Observer]) -> None:
             return
 
 
-async def run(base_url: str, token: str, ws: int, sse: int, deadline: float) -> None:
-    """Connect the observers, report READY, collect until the session ends; print the result."""
+async def run(base_urls: list[str], token: str, ws: int, sse: int, deadline: float) -> None:
+    """Connect the observers, report READY, collect until the session ends; print the result.
+
+    With several base URLs (nodes of a cluster) the observers are spread evenly over
+    them, each getting as many WebSocket as SSE observers.
+    """
     raise_nofile()
     # A full collection walks every observer and buffer: a pause of 100 ms or more that
     # would be counted as delivery delay. This short-lived process makes little
@@ -392,23 +425,29 @@ async def run(base_url: str, token: str, ws: int, sse: int, deadline: float) -> 
     gc.disable()
     cpu_start = _cpu()
     tally = Tally()
-    parts = urlsplit(base_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    addresses: list[tuple[str, int]] = []
+    for base_url in base_urls:
+        parts = urlsplit(base_url)
+        addresses.append((parts.hostname or "127.0.0.1", parts.port or 80))
+        tally.by_server[f"{addresses[-1][0]}:{addresses[-1][1]}"] = []  # in the given order
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     # Interleave the two kinds, so both meet the same session at the same moments.
-    makers: list[Callable[[], Observer]] = []
+    makers: list[tuple[Callable[[], Observer], tuple[str, int]]] = []
     for index in range(max(ws, sse)):
+        host, port = address = addresses[index % len(addresses)]
         if index < ws:
             path = f"/v1/session/{token}/connect?role=observer"
-            makers.append(functools.partial(WsObserver, tally, f"{host}:{port}", path))
+            makers.append((functools.partial(WsObserver, tally, f"{host}:{port}", path), address))
         if index < sse:
             path = f"/v1/session/{token}/stream"
-            makers.append(functools.partial(SseObserver, tally, f"{host}:{port}", path))
+            makers.append((functools.partial(SseObserver, tally, f"{host}:{port}", path), address))
     began = time.monotonic()
     observers = await asyncio.wait_for(
-        asyncio.gather(*(_open(loop, make, (host, port), gate) for make in makers)), deadline
+        asyncio.gather(*(_open(loop, make, address, gate) for make, address in makers)),
+        deadline,
     )
+    await asyncio.wait_for(_counted(observers), deadline)
     await asyncio.wait_for(_settled(observers), deadline)
     connected = time.monotonic() - began
     print(f"{READY_LINE} {connected:.3f}", flush=True)
@@ -459,6 +498,11 @@ def _result(
         delay_ms=Distribution.of(tally.delays),
         membership_delay_ms=Distribution.of(tally.membership),
         delay_by_kind_ms={k: Distribution.of(v) for k, v in sorted(tally.by_kind.items())},
+        delay_by_server_ms=(
+            {k: Distribution.of(v) for k, v in tally.by_server.items()}
+            if len(tally.by_server) > 1
+            else {}
+        ),
         load_cpu_seconds=cpu,
         wall_seconds=wall,
     )
@@ -470,9 +514,15 @@ def _cpu() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.load --base-url ... --token ... --ws N --sse N --deadline S`."""
+    """`python -m bench.load --base-url ... [--base-url ...] --token ... --ws N --sse N
+    --deadline S`."""
     parser = argparse.ArgumentParser(description="Fan-out load: observers of one session.")
-    parser.add_argument("--base-url", required=True, help="http://127.0.0.1:<port>")
+    parser.add_argument(
+        "--base-url",
+        action="append",
+        required=True,
+        help="http://127.0.0.1:<port>; repeated: observers spread evenly over the servers",
+    )
     parser.add_argument("--token", required=True, help="observer token of the session")
     parser.add_argument("--ws", type=int, required=True, help="WebSocket observers")
     parser.add_argument("--sse", type=int, required=True, help="SSE observers")

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -98,12 +99,22 @@ async def _direct(base_url: str, payloads: list[dict[str, object]]) -> tuple[lis
     return times, wall
 
 
-async def measure(*, turns: int, latency_ms: float, profile: Path | None = None) -> OverheadResult:
-    """Run the session and the direct calls; compare them (py-spy into `profile`)."""
+async def measure(
+    *,
+    turns: int,
+    latency_ms: float,
+    profile: Path | None = None,
+    settings: Mapping[str, str] | None = None,
+) -> OverheadResult:
+    """Run the session and the direct calls; compare them (py-spy into `profile`).
+
+    `settings` are given to the server on top of the benchmark's own (e.g. a
+    DATABASE_URL, to measure on PostgreSQL instead of SQLite).
+    """
     with tempfile.TemporaryDirectory(prefix="fellowship-bench-") as tmp:
         workdir = Path(tmp)
         mock = start_mock(workdir, latency_ms=latency_ms)
-        server = start_server(workdir, llm_base_url=mock.base_url)
+        server = start_server(workdir, llm_base_url=mock.base_url, **(settings or {}))
         with running(server, mock):
             async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
                 cpu_before = server.sample().cpu_seconds

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -87,6 +87,46 @@ def sample(pid: int) -> ProcSample:
     )
 
 
+def sample_sum(pids: Sequence[int]) -> ProcSample:
+    """`sample` of several processes added together (the nodes of a cluster as one)."""
+    samples = [sample(pid) for pid in pids]
+    return ProcSample(
+        at=max(s.at for s in samples),
+        cpu_seconds=sum(s.cpu_seconds for s in samples),
+        rss_bytes=sum(s.rss_bytes for s in samples),
+        fds=sum(s.fds for s in samples),
+    )
+
+
+def cpu_seconds_of(pids: Sequence[int]) -> float:
+    """CPU time so far of the processes in `pids` still running (gone ones count 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += sample(pid).cpu_seconds
+    return total
+
+
+def pids_named(*names: str) -> list[int]:
+    """Every process whose command name (`/proc/<pid>/comm`) is one of `names`."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in names:
+                    found.append(int(entry.name))
+    return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every CPU of the machine spent busy since boot (the `cpu` line of /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(f) for f in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Process:
     """A child process with its log file; stopped with SIGTERM, then SIGKILL."""
@@ -116,6 +156,12 @@ class Process:
             self.popen.kill()
             self.popen.wait()
             return None
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash would stop it, and reap it."""
+        if self.alive():
+            self.popen.kill()
+        self.popen.wait()
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the process's output, for error messages."""

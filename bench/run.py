@@ -1,7 +1,8 @@
 """`python bench/run.py` (`make bench`): every benchmark, a table, and a JSON record.
 
 Starts the real server and the mock backend as separate processes on 127.0.0.1 and
-measures turn overhead, fan-out, many sessions, scale with history and restart. It
+measures turn overhead, fan-out, many sessions, scale with history, restart, and one
+cluster node against two (on PostgreSQL and Redis, `bench/cluster.py`). It
 prints a table and writes everything (with the machine's description) to
 `bench/results/latest.json`. It is not a test: it never fails because something is
 slow, only when a benchmark cannot run at all. `--quick` runs smaller sizes for trying
@@ -29,7 +30,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from pydantic import BaseModel, Field
 
-from bench import fanout, history, overhead, restart, sessions
+from bench import cluster, fanout, history, overhead, restart, services, sessions
+from bench.cluster import ClusterResult
 from bench.fanout import FanoutResult
 from bench.history import HistoryResult
 from bench.overhead import OverheadResult
@@ -38,7 +40,7 @@ from bench.restart import RestartResult
 from bench.sessions import SessionsResult
 
 RESULTS: Final = REPO / "bench" / "results" / "latest.json"
-SECTIONS: Final = ("overhead", "fanout", "sessions", "history", "restart")
+SECTIONS: Final = ("overhead", "fanout", "sessions", "history", "restart", "cluster")
 
 
 class FanoutStep(BaseModel):
@@ -53,6 +55,21 @@ class SessionsStep(BaseModel):
 
     sessions: int = Field(description="S concurrent sessions.")
     window_s: float = Field(description="Seconds measured.")
+
+
+class ClusterPlan(BaseModel):
+    """The sizes of the cluster section (one node against two)."""
+
+    sessions: int = Field(description="S sessions for the throughput figure.")
+    window_s: float = Field(description="Seconds the throughput is measured.")
+    backend_slots: int = Field(
+        description="LLM calls in flight across the cluster (one node: all; two: half each)."
+    )
+    observers: int = Field(description="N observers of one session, half on each node.")
+    fanout_turns: int = Field(description="Bot turns of the observed session.")
+    failovers: int = Field(description="Kills of the node running a session.")
+    overhead_turns: int = Field(description="Bot turns of the SQLite / PostgreSQL overhead.")
+    lease_seconds: float = Field(description="LEASE_SECONDS of the nodes.")
 
 
 class Plan(BaseModel):
@@ -71,6 +88,7 @@ class Plan(BaseModel):
     history_turns: int = Field(description="Turns timed at each history length.")
     restart_sessions: int = Field(description="Sessions in the restart database.")
     restart_messages: int = Field(description="Messages in the restart database.")
+    cluster: ClusterPlan = Field(description="Cluster sizes.")
 
 
 FULL: Final = Plan(
@@ -92,6 +110,16 @@ FULL: Final = Plan(
     history_turns=200,
     restart_sessions=1000,
     restart_messages=100_000,
+    cluster=ClusterPlan(
+        sessions=1000,
+        window_s=60.0,
+        backend_slots=16,
+        observers=5000,
+        fanout_turns=10,
+        failovers=3,
+        overhead_turns=200,
+        lease_seconds=5.0,
+    ),
 )
 QUICK: Final = Plan(
     overhead_turns=60,
@@ -105,6 +133,16 @@ QUICK: Final = Plan(
     history_turns=60,
     restart_sessions=100,
     restart_messages=10_000,
+    cluster=ClusterPlan(
+        sessions=100,
+        window_s=10.0,
+        backend_slots=16,
+        observers=500,
+        fanout_turns=10,
+        failovers=1,
+        overhead_turns=60,
+        lease_seconds=5.0,
+    ),
 )
 
 
@@ -137,6 +175,7 @@ class Results(BaseModel):
         default_factory=list, description="Scale with history, per shape."
     )
     restart: RestartResult | None = Field(None, description="Restart with a full database.")
+    cluster: ClusterResult | None = Field(None, description="One node against two.")
     errors: dict[str, str] = Field(default_factory=dict, description="Sections that crashed.")
     load_by_section: dict[str, float] = Field(
         default_factory=dict, description="1-minute load average as each section started."
@@ -167,7 +206,13 @@ def _machine(load_before: tuple[float, float, float]) -> Machine:
     )
 
 
-async def _run(plan: Plan, only: set[str], profile: Path | None, results: Results) -> None:
+async def _run(
+    plan: Plan,
+    only: set[str],
+    profile: Path | None,
+    results: Results,
+    setup: cluster.Setup,
+) -> None:
     def prof(name: str) -> Path | None:
         return profile / name if profile else None
 
@@ -226,12 +271,54 @@ async def _run(plan: Plan, only: set[str], profile: Path | None, results: Result
             sessions=plan.restart_sessions, messages=plan.restart_messages
         )
 
+    async def do_cluster() -> None:
+        c = plan.cluster
+        found = results.cluster = ClusterResult()
+
+        async def throughput() -> None:
+            found.throughput = await cluster.measure_throughput(
+                setup, sessions_count=c.sessions, window=c.window_s, slots=c.backend_slots
+            )
+
+        async def fan_out() -> None:
+            found.fanout = await cluster.measure_fanout(
+                setup,
+                observers=c.observers,
+                turns=c.fanout_turns,
+                turn_delay=plan.fanout_turn_delay_s,
+                deadline=plan.fanout_deadline_s,
+            )
+
+        async def failover() -> None:
+            found.failover = await cluster.measure_failover(setup, repeats=c.failovers)
+
+        async def postgres() -> None:
+            found.overhead = await cluster.measure_overhead(
+                setup, turns=c.overhead_turns, latency_ms=plan.overhead_latency_ms
+            )
+
+        parts: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("throughput", throughput),
+            ("fan-out", fan_out),
+            ("failover", failover),
+            ("overhead on PostgreSQL", postgres),
+        ]
+        for name, part in parts:
+            # One part that cannot run must not hide the others' figures.
+            try:
+                await part()
+            except Exception as exc:
+                results.errors[f"cluster {name}"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                traceback.print_exc()
+            _say(f"  cluster {name} done")
+
     steps = [
         ("overhead", do_overhead),
         ("fanout", do_fanout),
         ("sessions", do_sessions),
         ("history", do_history),
         ("restart", do_restart),
+        ("cluster", do_cluster),
     ]
     for name, step in steps:
         if name not in only:
@@ -257,6 +344,107 @@ def _reasons(reasons: dict[str, int]) -> str:
 
 def _f(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _cluster_rows(c: ClusterResult) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    if c.throughput is not None:
+        t = c.throughput
+        one, two = t.one_node, t.two_nodes
+        rows += [
+            (
+                f"cluster S={one.sessions}",
+                f"turns/s 1 node / 2 nodes ({t.backend_slots} backend slots in all)",
+                f"{_f(one.turns_per_second)} / {_f(two.turns_per_second)}",
+                "",
+            ),
+            ("", "2 nodes / 1 node", _f(t.speedup, 2), ">= 1.7"),
+            (
+                "",
+                "fairness max/min turn rate, 1 node / 2 nodes",
+                f"{_f(one.fairness, 2)} / {_f(two.fairness, 2)}",
+                "<= 1.2",
+            ),
+            (
+                "",
+                "CPU % nodes / PostgreSQL+Redis / machine: 1 node; 2 nodes",
+                "; ".join(
+                    f"{_f(r.server_cpu_percent, 0)} / {_f(r.services_cpu_percent, 0)} / "
+                    f"{_f(r.machine_cpu_percent, 0)}"
+                    for r in (one, two)
+                ),
+                "",
+            ),
+        ]
+    if c.fanout is not None:
+        f = c.fanout
+        d = f.load.delay_ms
+        by_server = " / ".join(
+            f"{_f(dist.p50)}, {_f(dist.p99)}" for dist in f.load.delay_by_server_ms.values()
+        )
+        rows += [
+            (
+                f"cluster fan-out N={f.observers}",
+                "delay ms p50 / p99 / max (2 nodes)",
+                f"{_f(d.p50)} / {_f(d.p99)} / {_f(d.max)}",
+                "",
+            ),
+            ("", "delay ms p50, p99: owner node / other node", by_server, ""),
+            (
+                "",
+                "events lost (observers that saw session_end)",
+                f"{f.load.events_lost} ({f.load.completed}/{f.load.observers})",
+                "0",
+            ),
+            *(
+                [("", "streams closed early", _reasons(f.load.close_reasons), "")]
+                if f.load.close_reasons
+                else []
+            ),
+            (
+                "",
+                "connect all + arrival notices, s / server CPU % (all nodes)",
+                f"{_f(f.load.connect_seconds)} / {_f(f.server_cpu_percent, 0)}",
+                "",
+            ),
+        ]
+    if c.failover is not None:
+        fo = c.failover
+        each = ", ".join(_f(run.seconds, 2) for run in fo.runs)
+        lost = sum(run.events_lost for run in fo.runs)
+        resets = sum(run.history_resets for run in fo.runs)
+        rows += [
+            (
+                "cluster failover",
+                f"kill to next turn on other node, s (each; median), lease {fo.lease_seconds:g}",
+                f"{each}; {_f(fo.median_s, 2)}",
+                f"<= {fo.lease_seconds + 1:g} s",
+            ),
+            ("", "events lost / history resets on the other node", f"{lost} / {resets}", "0"),
+        ]
+    if c.overhead is not None:
+        sq, pg = c.overhead.sqlite, c.overhead.postgres
+        rows += [
+            (
+                "overhead on PostgreSQL",
+                f"added ms/turn p50, SQLite / PostgreSQL ({pg.turns} turns)",
+                f"{_f(sq.added_p50_ms, 2)} / {_f(pg.added_p50_ms, 2)}",
+                "",
+            ),
+            (
+                "",
+                "added ms/turn p99, SQLite / PostgreSQL",
+                f"{_f(sq.added_p99_ms, 2)} / {_f(pg.added_p99_ms, 2)}",
+                "",
+            ),
+            (
+                "",
+                "server CPU ms per turn, SQLite / PostgreSQL",
+                f"{_f(sq.server_cpu_ms_per_turn, 2)} / {_f(pg.server_cpu_ms_per_turn, 2)}",
+                f"synchronous_commit={c.overhead.postgres_synchronous_commit}",
+            ),
+        ]
+    return rows
 
 
 def table(results: Results) -> str:
@@ -311,7 +499,7 @@ def table(results: Results) -> str:
             ),
             (
                 "",
-                "connect all + arrival notices, s / load CPU s",
+                "connect all + told the count, s / load CPU s",
                 f"{_f(f.load.connect_seconds)} / {_f(f.load.load_cpu_seconds)}",
                 "",
             ),
@@ -375,6 +563,8 @@ def table(results: Results) -> str:
                 "",
             ),
         ]
+    if results.cluster is not None:
+        rows += _cluster_rows(results.cluster)
     widths = [max(len(row[i]) for row in rows) for i in range(4)] if rows else [0] * 4
     header = ("section", "measure", "value", "target")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
@@ -403,6 +593,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", type=Path, help="write profiles of the server to this folder")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument(
+        "--postgres-url",
+        default=services.POSTGRES_URL,
+        help="PostgreSQL of the cluster section (a schema is made and dropped per run)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=services.REDIS_URL,
+        help="Redis of the cluster section (a key prefix is used and cleared per run)",
+    )
+    parser.add_argument(
+        "--cluster-logs", type=Path, help="keep the cluster nodes' folders (logs) in this folder"
+    )
     args = parser.parse_args(argv)
     raise_nofile()
     if args.profile:
@@ -417,7 +620,13 @@ def main(argv: list[str] | None = None) -> int:
         plan=plan,
         machine=_machine(load_before),
     )
-    asyncio.run(_run(plan, set(args.only or SECTIONS), args.profile, results))
+    setup = cluster.Setup(
+        postgres_url=args.postgres_url,
+        redis_url=args.redis_url,
+        lease_seconds=plan.cluster.lease_seconds,
+        logs=args.cluster_logs,
+    )
+    asyncio.run(_run(plan, set(args.only or SECTIONS), args.profile, results, setup))
     results.seconds = time.monotonic() - began
     results.machine = _machine(load_before)
     args.output.parent.mkdir(parents=True, exist_ok=True)

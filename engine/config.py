@@ -494,6 +494,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"backend {name!r}: {exc.message}") from None
             checked[name] = backend.model_copy(update={"base_url": url})
         return checked
+    @property
+    def cluster_mode(self) -> bool:
+        """Whether this process is a cluster node: `DATABASE_URL` and `REDIS_URL` set."""
+        return bool(self.database_url.get_secret_value() and self.redis_url.get_secret_value())
+
     @field_validator("node_id")
     @classmethod
     def _default_node_id(cls, value: str) -> str:
@@ -537,17 +542,16 @@ class Settings(BaseSettings):
 
 
 def planned_settings(settings: Settings) -> list[str]:
-    """Settings that are set but whose feature is not built yet, each with what happens.
+    """Settings that are set but do nothing alone, each with what happens instead.
 
-    Cluster mode is built in parts (docs/scale-out.md): until `fellowship serve` runs
-    the Redis hub and the leases, a process given `REDIS_URL` still runs alone, and says so
-    rather than pretend.
+    Cluster mode (docs/scale-out.md) needs both `DATABASE_URL` and `REDIS_URL`: a
+    process given only `REDIS_URL` runs its sessions alone, and says so.
     """
     planned: list[str] = []
-    if settings.redis_url.get_secret_value():
+    if settings.redis_url.get_secret_value() and not settings.cluster_mode:
         planned.append(
-            "REDIS_URL is set, but cluster mode is not wired into `fellowship serve` yet "
-            "(planned, docs/scale-out.md): this process runs its sessions alone"
+            "REDIS_URL is set without DATABASE_URL: cluster mode needs both "
+            "(docs/scale-out.md); this process runs its sessions alone"
         )
     return planned
 

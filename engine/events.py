@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter
 
 from engine.history import Message
+from engine.status import MemberCounts
 
 EndReason = Literal[
     "max_turns",
@@ -50,6 +51,10 @@ class HistoryEvent(BaseEvent):
     type: Literal["history"] = "history"
     messages: list[Message] = Field(description="Every history position, in order.")
     state: str = Field("", description="The loop state when the snapshot was taken.")
+    presence: MemberCounts = Field(
+        default_factory=lambda: MemberCounts(talkers=[], observers=0),
+        description="Who was connected when the snapshot was taken (on this node).",
+    )
 
 
 class TurnStart(BaseEvent):
@@ -107,19 +112,35 @@ class TalkerMessage(BaseEvent):
 
 
 class MemberJoined(BaseEvent):
-    """A talker or observer connected."""
+    """A talker connected (observers are counted in `presence` instead)."""
 
     type: Literal["member_joined"] = "member_joined"
-    role: MemberRole = Field(description="talker or observer.")
+    role: MemberRole = Field(
+        description="talker (observer only in events stored by older versions)."
+    )
     name: str | None = Field(None, description="Display name, if given.")
 
 
 class MemberLeft(BaseEvent):
-    """A talker or observer disconnected."""
+    """A talker disconnected (observers are counted in `presence` instead)."""
 
     type: Literal["member_left"] = "member_left"
-    role: MemberRole = Field(description="talker or observer.")
+    role: MemberRole = Field(
+        description="talker (observer only in events stored by older versions)."
+    )
     name: str | None = Field(None, description="Display name, if given.")
+
+
+class PresenceEvent(BaseEvent):
+    """Who is connected now: the talkers by name, the observers as a count.
+
+    Coalesced: at most one every `PRESENCE_INTERVAL` seconds (engine/presence.py),
+    the last one always telling the current truth.
+    """
+
+    type: Literal["presence"] = "presence"
+    talkers: list[str] = Field(description="Display names of the connected talkers.")
+    observers: int = Field(description="Number of connected observers.")
 
 
 class SessionPaused(BaseEvent):
@@ -183,6 +204,7 @@ Event = Annotated[
     | TalkerMessage
     | MemberJoined
     | MemberLeft
+    | PresenceEvent
     | SessionPaused
     | SessionResumed
     | StateChanged

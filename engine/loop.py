@@ -42,7 +42,7 @@ from engine.outage import answers, is_outage, outage_notice, retry_delays
 from engine.rectifier import Slot
 from engine.session import Member, Session
 from engine.speakers import Decision, RoundRobin, SpeakerSelector
-from engine.store.base import StorageError, StorageFailure
+from engine.store.base import Fenced, StorageError, StorageFailure
 from engine.template_watch import TemplateWatch
 from engine.turns import TurnOutcome, run_turn
 
@@ -64,8 +64,12 @@ class SessionLoop:
         summarizer: Summarizer | None = None,
         on_end: Callable[[Session], None] | None = None,
         restored: str | None = None,
+        gives_up: Callable[[StorageError], bool] | None = None,
     ) -> None:
         self.session = session
+        # Asked first when a write fails: True means the session goes on elsewhere (a
+        # cluster node that cannot reach the store), so this loop stops without ending it.
+        self._gives_up = gives_up or _never
         self.selector: SpeakerSelector = selector or RoundRobin()
         self._summarizer = summarizer
         self._on_end = on_end
@@ -139,7 +143,15 @@ class SessionLoop:
                 self._errors_in_a_row = 0
             except asyncio.CancelledError:
                 raise
+            except Fenced:
+                # Another node runs the session now: this one stops, writing nothing.
+                self.session.log.warning("lease lost: this node no longer runs the session")
+                return
             except StorageError as exc:
+                if self._gives_up(exc):
+                    self.session.log.warning("storage unreachable, session given up: %s",
+                                             exc.message)  # fmt: skip
+                    return
                 self.session.log.error("storage failure, ending session: %s", exc.message)
                 await self._finish("error", exc.message)
             except Exception as exc:
@@ -381,6 +393,7 @@ class SessionLoop:
     def finished(self, reason: str, detail: str | None) -> None:
         session = self.session
         self._end_reason = reason
+        session.presence.stop()  # a pending presence event must not follow session_end
         session.loop_state = "ended"
         session.emit(StateChanged(state="ended"))
         session.emit(SessionEnd.model_validate({"reason": reason, "detail": detail}))
@@ -425,7 +438,11 @@ class SessionLoop:
 
         try:
             await self._record(place)
+        except Fenced:
+            raise  # another node runs the session now; the sender retries there
         except StorageError as exc:
+            if self._gives_up(exc):
+                raise  # the session goes on elsewhere, once the store answers again
             # As in the driver: never go on with a history that could not be stored.
             session.log.error("storage failure, ending session: %s", exc.message)
             if self.state != "ended":
@@ -464,7 +481,9 @@ class SessionLoop:
 
     def _events_not_stored(self, exc: Exception) -> None:
         # As with history: never go on with events that could not be stored.
-        if self.state == "ended" or self._ending is not None:
+        if self.state == "ended" or self._ending is not None or isinstance(exc, Fenced):
+            return
+        if isinstance(exc, StorageError) and self._gives_up(exc):
             return
         self.session.log.error("storage failure (events), ending session: %s", exc)
         self._ending = asyncio.create_task(self._end_quietly("error", f"events not stored: {exc}"))
@@ -475,6 +494,7 @@ class SessionLoop:
 
     async def stop(self) -> None:
         """Stop the driver without ending the session (server shutdown)."""
+        self.session.presence.stop()  # nothing is announced while the process stops
         if self._deadline is not None:
             self._deadline.cancel()
         await self._stop_task()
@@ -505,10 +525,10 @@ class SessionLoop:
         if deadline is not None and deadline is not asyncio.current_task():
             deadline.cancel()
         session = self.session
-        if self._on_end is not None:
-            self._on_end(session)
         with contextlib.suppress(Exception):
             await session.save(state="ended", ended_at=session.now(), end_reason=self._end_reason)
+        if self._on_end is not None:
+            self._on_end(session)
 
     async def _record(self, place: Callable[[], tuple[Message | None, list[BaseEvent]]]) -> None:
         try:
@@ -517,6 +537,11 @@ class SessionLoop:
             raise
         except Exception as exc:
             raise StorageFailure(f"could not store the history: {exc}", problem="other") from exc
+
+
+def _never(error: StorageError) -> bool:
+    """One process: a session whose writes fail always ends (nobody else could run it)."""
+    return False
 
 
 def _result_of(outcome: TurnOutcome) -> TurnResult:

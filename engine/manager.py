@@ -14,17 +14,22 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, JsonValue, TypeAdapter
 
 from engine.auth import mint_token, token_hash
 from engine.checks import InputChecks
 from engine.clock import Clock, SystemClock
+from engine.cluster.bus import Command, CommandKind
+from engine.cluster.node import TRANSIENT_PROBLEMS, ClusterNode, RemoteHandle
 from engine.config import Settings
 from engine.errors import (
     FellowshipError,
+    NotFound,
+    NotOwner,
     ObserverToken,
     SecretKeyMissing,
     StorageFailure,
@@ -34,7 +39,8 @@ from engine.events import MemberRole, SessionPaused
 from engine.fork import DEFAULT_FORK_START, ForkPlan, ForkStart, plan_fork, resume_point
 from engine.history import History, Message
 from engine.housekeeping import HOUSEKEEPING_INTERVAL, Housekeeper
-from engine.hub import CLOSE_SHUTDOWN, HubFactory, local_hub
+from engine.hub import CLOSE_LEFT, CLOSE_RECONNECT, CLOSE_SHUTDOWN, HubFactory, local_hub
+from engine.hub.redis import RedisHub
 from engine.llm.client import Backend, LLMClient, named_backend
 from engine.llm.protocol import ChatClient
 from engine.loop import SessionLoop
@@ -42,18 +48,17 @@ from engine.memory import write_memory
 from engine.metrics import LiveState, Metrics, PrometheusMetrics, sample_live
 from engine.orchestrator import Orchestrator
 from engine.registry import Handle, SessionRegistry
-from engine.restore import Restored, restore_all
-from engine.session import EngineDeps, Member, Session, spec_backends
+from engine.restore import Restored, restore_all, restore_session
+from engine.session import MEMBER_ID_BYTES, EngineDeps, Member, Session, spec_backends
 from engine.spec.loader import InvalidSpec, SpecIssue
 from engine.spec.models import MEMORY_INHERIT_PREFIX, REDACTED, SECRET_FIELDS, SessionSpec
 from engine.status import (
     BackendReport,
     LimitReport,
-    MemberCounts,
     SessionStatus,
     TokenReport,
 )
-from engine.store.base import SessionRecord, Store
+from engine.store.base import SessionRecord, StorageError, Store
 from engine.store.in_memory import MemoryStore
 from engine.store.secrets import SecretBox, seal_secrets, seal_stored
 from engine.store.timed import TimedStore
@@ -67,9 +72,14 @@ from engine.transcript import (
     transcript_format,
 )
 
-__all__ = ["CreatedSession", "Handle", "SessionManager"]
+__all__ = ["CreatedSession", "Handle", "Opened", "RemoteHandle", "SessionManager"]
 
 SESSION_ID_BYTES = 9
+
+Opened = Handle | RemoteHandle
+"""A session opened by a token: run by this process, or (cluster mode) by another node."""
+
+_MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
 
 
 class CreatedSession(BaseModel):
@@ -112,11 +122,20 @@ class SessionManager:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or PrometheusMetrics()
+        timed = TimedStore(store or MemoryStore(), self.metrics)
+        clock = clock or SystemClock()
+        self.cluster: ClusterNode | None = None
+        if settings.cluster_mode:
+            self.cluster = ClusterNode(
+                settings, timed, clock, self.metrics,
+                on_command=self._command, on_taken=self._take_over, on_lost=self._lose,
+            )  # fmt: skip
+            hubs = self.cluster.events.owner
         self.deps = EngineDeps(
             settings=settings,
             llm=llm or LLMClient(settings, metrics=self.metrics),
-            store=TimedStore(store or MemoryStore(), self.metrics),
-            clock=clock or SystemClock(),
+            store=timed,
+            clock=clock,
             counter=get_counter(settings.tokenizer),
             hubs=hubs,
             metrics=self.metrics,
@@ -124,9 +143,7 @@ class SessionManager:
         self.secret_box = secret_box or _secret_box(settings, self.deps.store)
         self.checks = InputChecks(settings)
         self._sessions = SessionRegistry()
-        self._housekeeper = Housekeeper(
-            self.deps, self._sessions, interval=housekeeping_interval
-        )
+        self._housekeeper = Housekeeper(self.deps, self._sessions, interval=housekeeping_interval)
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         self.metrics.watch(self.live_state)
@@ -136,7 +153,13 @@ class SessionManager:
         """Open the store, bring back stored sessions, start housekeeping."""
         await self.deps.store.open()
         await seal_stored(self.deps.store, self.secret_box, SECRET_FIELDS)
-        await restore_all(self.deps, self.secret_box, self._adopt)
+        if self.cluster is None:
+            await restore_all(self.deps, self.secret_box, self._adopt)
+        else:
+            # A node runs what it creates and what it takes over (expired leases, e.g.
+            # every live session after the whole cluster stopped); ended sessions are
+            # read from the store when asked for.
+            await self.cluster.start()
         self._housekeeper.start()
 
     async def close(self) -> None:
@@ -145,6 +168,8 @@ class SessionManager:
             return
         self._closed = True
         await self._housekeeper.stop()
+        if self.cluster is not None:
+            await self.cluster.quiesce()
         every = self._sessions.loops()
         loops = [loop for loop in every if loop.loop_state != "ended"]
         await asyncio.gather(*(loop.stop() for loop in loops), return_exceptions=True)
@@ -157,6 +182,10 @@ class SessionManager:
             loop.session.hub.close(CLOSE_SHUTDOWN)
         if self._background:
             await asyncio.wait(self._background, timeout=self.settings.shutdown_grace_seconds)
+        if self.cluster is not None:
+            # The loops are stopped and their last writes done: other nodes take over now.
+            await self.cluster.hand_over()
+            await self.cluster.close()
         await self.deps.llm.aclose()
         await self.deps.store.close()
 
@@ -177,6 +206,7 @@ class SessionManager:
             memory=memory,
         )
         await session.save()
+        await self._claim(session.id)
         if memory is not None:
             # The chain's memory so far; it replaces the earlier session's token in storage.
             await self.deps.store.save_memory(session.id, memory)
@@ -255,6 +285,7 @@ class SessionManager:
         store = self.deps.store
         await session.save()
         try:
+            await self._claim(session.id)
             await store.save_events(session.id, [], messages=plan.messages)
             if plan.summary is not None:
                 await store.save_summary(session.id, *plan.summary)
@@ -289,6 +320,11 @@ class SessionManager:
         )
         return render_transcript(transcript, chosen)
 
+    async def _claim(self, session_id: str) -> None:
+        """Cluster mode: this node runs what it creates, under a lease of its own."""
+        if self.cluster is not None:
+            await self.cluster.claim(session_id)
+
     def _require_room(self) -> None:
         if self.live_sessions() >= self.settings.max_sessions:
             raise TooManySessions("too many sessions are running; try again later")
@@ -320,6 +356,7 @@ class SessionManager:
             summarizer=summarize if options.summarize_context else None,
             on_end=self._session_ended,
             restored=restored,
+            gives_up=None if self.cluster is None else partial(self._give_up, session.id),
         )
         self._sessions.add(loop)
         return loop
@@ -364,11 +401,31 @@ class SessionManager:
         return await self.deps.store.load_memory(record.id)
 
     def open(self, token: str) -> Handle:
-        """The session a token opens. Unknown tokens and unknown sessions look the same."""
+        """The session a token opens, in this process. Unknown tokens and unknown sessions
+        look the same."""
+        return self._sessions.open(token)
+
+    async def find(self, token: str) -> Opened:
+        """The session a token opens: as `open`, and in cluster mode also one that another
+        node runs (a `RemoteHandle`) or that ended there (read here from the store)."""
+        try:
+            return self._sessions.open(token)
+        except NotFound:
+            if self.cluster is None:
+                raise
+        found = await self.deps.store.find_by_token_hash(token_hash(token))
+        if found is None:
+            raise NotFound("no session for this token")
+        record, full = found
+        if record.state != "ended":
+            return RemoteHandle(record, "full" if full else "observer")
+        stored = await self.deps.store.load_session(record.id)
+        if stored is not None and not self._sessions.holds(record.id):
+            await restore_session(stored, self.deps, self.secret_box, self._adopt)
         return self._sessions.open(token)
 
     @staticmethod
-    def require_full(handle: Handle) -> None:
+    def require_full(handle: Opened) -> None:
         """Refuse control actions to the read-only observer token."""
         if handle.access != "full":
             raise ObserverToken("the observer token can only observe")
@@ -392,10 +449,7 @@ class SessionManager:
             bot_turns=record.bot_turns,
             messages=len(session.history),
             last_seq=session.hub.durable_seq,
-            members=MemberCounts(
-                talkers=[m.name or "" for m in session.members.values() if m.role == "talker"],
-                observers=sum(1 for m in session.members.values() if m.role == "observer"),
-            ),
+            members=session.presence_now(),
             tokens=TokenReport(
                 context=session.context_tokens,
                 limit=session.context_limit,
@@ -420,24 +474,58 @@ class SessionManager:
         handle.session.touch()
         return handle.session.history.messages
 
+    async def status_of(self, opened: Opened) -> SessionStatus:
+        """`status`, of a session run here or (cluster mode) by another node."""
+        if isinstance(opened, RemoteHandle):
+            return SessionStatus.model_validate(await self._forward(opened, "status"))
+        return self.status(opened)
+
+    async def history_of(self, opened: Opened) -> list[Message]:
+        """`history`, of a session run here or (cluster mode) by another node."""
+        if isinstance(opened, RemoteHandle):
+            return _MESSAGES.validate_python(await self._forward(opened, "history"))
+        return self.history(opened)
+
+    async def transcript_of(self, opened: Opened, format: str | None = None) -> RenderedTranscript:
+        """`transcript`, of a session run here or (cluster mode) by another node."""
+        if isinstance(opened, RemoteHandle):
+            transcript_format(format)  # an unknown format is refused here, as locally
+            done = await self._forward(opened, "transcript", {"format": format})
+            assert isinstance(done, dict)
+            return RenderedTranscript(
+                body=str(done["body"]),
+                media_type=str(done["media_type"]),
+                filename=str(done["filename"]),
+            )
+        return self.transcript(opened, format)
+
     # --- control ----------
-    async def pause(self, handle: Handle) -> None:
+    async def pause(self, handle: Opened) -> None:
         """Pause the loop (409 unless active)."""
         self.require_full(handle)
+        if isinstance(handle, RemoteHandle):
+            await self._forward(handle, "pause")
+            return
         handle.session.touch()
         handle.loop.pause()
         await handle.session.save(state="paused")
 
-    async def resume(self, handle: Handle) -> None:
+    async def resume(self, handle: Opened) -> None:
         """Resume the loop (409 unless paused)."""
         self.require_full(handle)
+        if isinstance(handle, RemoteHandle):
+            await self._forward(handle, "resume")
+            return
         handle.session.touch()
         handle.loop.resume()
         await handle.session.save(state="active")
 
-    async def end(self, handle: Handle) -> None:
+    async def end(self, handle: Opened) -> None:
         """End the session at the client's request (409 if already ended)."""
         self.require_full(handle)
+        if isinstance(handle, RemoteHandle):
+            await self._forward(handle, "end")
+            return
         await handle.loop.end("client_request")
 
     # --- members ----------
@@ -451,19 +539,71 @@ class SessionManager:
             self.checks.talker_name(name, handle.session.bot_names)
         return handle.session.join(role, name, since)
 
+    async def join(
+        self, opened: Opened, role: MemberRole, name: str | None, since: int | None
+    ) -> Member:
+        """`connect`, to a session run here or (cluster mode) by another node: then the
+        member's stream comes from that node's events, and a talker is announced there."""
+        if not isinstance(opened, RemoteHandle):
+            return self.connect(opened, role, name, since)
+        assert self.cluster is not None
+        name = self.checks.display_name(name)
+        member_id = secrets.token_hex(MEMBER_ID_BYTES)
+        if role == "talker":
+            self.require_full(opened)
+            self.checks.talker_name(name, _bot_names(opened.record))
+            await self._forward(opened, "join", {"member": member_id, "name": name})
+        subscription = await self.cluster.join(opened, since)
+        return Member(id=member_id, role=role, name=name, subscription=subscription)
+
+    async def fork_of(
+        self,
+        opened: Opened,
+        at_turn: int,
+        overrides: Mapping[str, Any] | None = None,
+        start: ForkStart = DEFAULT_FORK_START,
+    ) -> CreatedSession:
+        """`fork`, of a session run here or (cluster mode) by another node (which then
+        runs the fork)."""
+        if not isinstance(opened, RemoteHandle):
+            return await self.fork(opened, at_turn, overrides, start)
+        self.require_full(opened)
+        payload: dict[str, JsonValue] = {
+            "at_turn": at_turn, "overrides": _json(overrides or {}), "start": start,
+        }  # fmt: skip
+        return CreatedSession.model_validate(await self._forward(opened, "fork", payload))
+
+    @staticmethod
+    def seen_to_the_end(opened: Opened, since: int | None) -> bool:
+        """Whether the session ended and `since` is its last event: nothing more to send."""
+        if isinstance(opened, RemoteHandle) or since is None:
+            return False  # another node runs it: it has not ended
+        return opened.loop.state == "ended" and since >= opened.session.hub.durable_seq
+
     def display_name(self, name: str | None) -> str | None:
         """A member's display name, trimmed; refused when too long or not one plain line."""
         return self.checks.display_name(name)
 
-    async def post(self, handle: Handle, member: Member, content: str) -> Message:
+    async def post(self, handle: Opened, member: Member, content: str) -> Message:
         """A talker's message: validated, placed in history, broadcast, and the loop woken."""
         self.checks.message(member, content)
+        if isinstance(handle, RemoteHandle):
+            payload: dict[str, JsonValue] = {
+                "member": member.id, "name": member.name, "content": content,
+            }  # fmt: skip
+            return Message.model_validate(await self._forward(handle, "talk", payload))
         return await handle.loop.post(member, content)
 
-    @staticmethod
-    def disconnect(handle: Handle, member: Member) -> None:
+    def disconnect(self, handle: Opened, member: Member) -> None:
         """A member went away."""
-        handle.session.leave(member)
+        if not isinstance(handle, RemoteHandle):
+            handle.session.leave(member)
+            return
+        member.subscription.close(CLOSE_LEFT, drain=False)
+        if member.role == "talker":
+            self._in_background(
+                self._forward(handle, "leave", {"member": member.id}), f"leave-{member.id}"
+            )
 
     # --- housekeeping ----------
     async def sweep(self) -> None:
@@ -473,13 +613,28 @@ class SessionManager:
     def _session_ended(self, session: Session) -> None:
         # Members are gone with the stream; the session stays readable until retention passes.
         session.members.clear()
-        if session.options.memory_mode != "none":
-            # Writing memory is an LLM call: it must not hold up the end (or a DELETE).
-            task = asyncio.create_task(
-                write_memory(session.turn_view(), self.deps.store), name=f"memory-{session.id}"
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        if session.options.memory_mode == "none" and self.cluster is None:
+            return
+        # Writing memory is an LLM call: it must not hold up the end (or a DELETE). In
+        # cluster mode the lease goes once nothing more is written.
+        self._in_background(self._after_end(session), f"ended-{session.id}")
+
+    async def _after_end(self, session: Session) -> None:
+        try:
+            if session.options.memory_mode != "none":
+                await write_memory(session.turn_view(), self.deps.store)
+        finally:
+            if self.cluster is not None:
+                await self.cluster.release(session.id)
+                # From now on the store tells what the session is: ended, or (when its
+                # end could not be stored) running again under the node that takes it
+                # over. A copy kept here could contradict it.
+                self._sessions.forget(session.id)
+
+    def _in_background(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def settle(self) -> None:
         """Wait for background work (memory writing after an end) to finish."""
@@ -495,6 +650,122 @@ class SessionManager:
         llm = self.deps.llm
         limiters = llm.limiters() if isinstance(llm, LLMClient) else {}
         return sample_live(self._sessions.loops(), limiters)
+
+    # --- cluster mode (engine/cluster/) ----------
+    async def _forward(
+        self, handle: RemoteHandle, kind: CommandKind, payload: dict[str, JsonValue] | None = None
+    ) -> JsonValue:
+        assert self.cluster is not None
+        return await self.cluster.forward(handle, kind, payload)
+
+    async def _command(self, command: Command) -> JsonValue:
+        """Run a request another node forwarded for a session this node runs (the node
+        that forwarded it checked the token's access)."""
+        loop = self._sessions.get(command.session)
+        owned = self.cluster is not None and self.cluster.keeper.epoch_of(command.session)
+        if loop is None or (loop.loop_state != "ended" and not owned):
+            raise NotOwner(f"session {command.session} runs on another node")
+        handle = Handle(loop.session, loop, "full")
+        payload = command.payload
+        match command.kind:
+            case "status":
+                return self.status(handle).model_dump(mode="json")
+            case "history":
+                return [m.model_dump(mode="json") for m in self.history(handle)]
+            case "transcript":
+                format = payload.get("format")
+                done = self.transcript(handle, format if isinstance(format, str) else None)
+                return {"body": done.body, "media_type": done.media_type,
+                        "filename": done.filename}  # fmt: skip
+            case "pause":
+                await self.pause(handle)
+            case "resume":
+                await self.resume(handle)
+            case "end" | "delete":
+                await self.end(handle)
+            case "fork":
+                overrides = payload.get("overrides")
+                start: ForkStart = "running" if payload.get("start") == "running" else "paused"
+                created = await self.fork(
+                    handle,
+                    int(str(payload["at_turn"])),
+                    overrides if isinstance(overrides, dict) else {},
+                    start,
+                )
+                return created.model_dump(mode="json")
+            case "talk":
+                member = loop.session.members.get(str(payload["member"])) or self._remote_talker(
+                    handle, payload
+                )
+                message = await self.post(handle, member, str(payload["content"]))
+                return message.model_dump(mode="json")
+            case "join":
+                self._remote_talker(handle, payload)
+            case "leave":
+                if (leaving := loop.session.members.get(str(payload["member"]))) is not None:
+                    loop.session.leave(leaving)
+            case "touch":
+                loop.session.touch()
+        return None
+
+    @staticmethod
+    def _remote_talker(handle: Handle, payload: Mapping[str, JsonValue]) -> Member:
+        """A talker connected to another node, counted here (and announced) as a member."""
+        name = payload.get("name")
+        return handle.session.join(
+            "talker", name if isinstance(name, str) else None, None,
+            remote_id=str(payload["member"]),
+        )  # fmt: skip
+
+    async def _take_over(self, session_id: str, epoch: int) -> None:
+        """This node took the session's lease: run it from the store, with the members
+        it followed it for, who go on without a gap."""
+        assert self.cluster is not None
+        follower = self.cluster.unfollow(session_id)
+        if follower is not None:
+            await follower.catch_up()
+            self.cluster.events.unregister(follower)
+        stale = self._sessions.get(session_id)
+        if stale is not None:  # run here before, lost since, taken again now
+            self._sessions.forget(session_id)
+        stored = await self.deps.store.load_session(session_id)
+        if stored is None or stored.record.state == "ended":
+            await self.cluster.release(session_id)
+            return
+
+        def keep_members(session: Session) -> None:
+            if follower is not None and isinstance(session.hub, RedisHub):
+                session.hub.adopt(follower.hand_over())
+
+        await restore_session(
+            stored, self.deps, self.secret_box, self._adopt,
+            taken_over=True, before_start=keep_members,
+        )  # fmt: skip
+
+    async def _lose(self, session_id: str) -> None:
+        """This node lost the session's lease: stop its loop without writing; members
+        here reconnect (to any node) and go on where they were."""
+        loop = self._sessions.get(session_id)
+        if loop is None or loop.loop_state == "ended":
+            return
+        self._sessions.forget(session_id)
+        await loop.stop()
+        loop.session.hub.close(CLOSE_RECONNECT)
+
+    def _give_up(self, session_id: str, error: StorageError) -> bool:
+        """A write of a session failed because the store cannot be reached: rather than
+        end it (which could not be stored either), let it go, as if the lease were lost;
+        a node takes it over from the store once the store answers."""
+        if error.problem not in TRANSIENT_PROBLEMS:
+            return False
+        assert self.cluster is not None
+        self._in_background(self._let_go(session_id), f"let-go-{session_id}")
+        return True
+
+    async def _let_go(self, session_id: str) -> None:
+        assert self.cluster is not None
+        await self._lose(session_id)
+        await self.cluster.release(session_id)
 
     # --- secrets at rest ----------
     def _storage_json(self, spec: SessionSpec, session_id: str) -> str:
@@ -547,3 +818,15 @@ def _with_backend_warning(warnings: list[str], backend: Backend) -> list[str]:
     if backend.unreadable_key is None:
         return warnings
     return [*warnings, f"secret_unreadable: {backend.unreadable_key}"]
+
+
+def _bot_names(record: SessionRecord) -> list[str]:
+    """The bot names of a stored spec (a talker may not take one)."""
+    bots = json.loads(record.spec_json).get("bots", [])
+    return [str(bot.get("name", "")) for bot in bots]
+
+
+def _json(data: Mapping[str, Any]) -> dict[str, JsonValue]:
+    """A JSON object as it travels to another node."""
+    loaded: dict[str, JsonValue] = json.loads(json.dumps(data))
+    return loaded

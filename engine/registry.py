@@ -22,6 +22,11 @@ class Handle:
     loop: SessionLoop
     access: Access
 
+    @property
+    def session_id(self) -> str:
+        """The session's public id."""
+        return self.session.id
+
 
 class SessionRegistry:
     """Every session's loop by session id, and both its token hashes."""
@@ -61,6 +66,14 @@ class SessionRegistry:
         if not hashes_match(stored, digest):
             raise NotFound("no session for this token")
         return Handle(loop.session, loop, access)
+
+    def get(self, session_id: str) -> SessionLoop | None:
+        """The loop of a session held here, by its id."""
+        return self._loops.get(session_id)
+
+    def holds(self, session_id: str) -> bool:
+        """Whether the session is held here."""
+        return session_id in self._loops
 
     def loops(self) -> list[SessionLoop]:
         """Every session's loop, ended ones included (a copy: safe to change the registry)."""

@@ -32,8 +32,8 @@ from engine.summarizer import restore_summary
 log = logging.getLogger("fellowship.restore")
 
 Restored = Literal["ended", "paused"]
-Adopt = Callable[[Session, Restored], SessionLoop]
-"""Builds a restored session's loop (in the state given) and registers it."""
+Adopt = Callable[[Session, Restored | None], SessionLoop]
+"""Builds a restored session's loop (in the state given; None: running) and registers it."""
 
 
 async def restore_all(deps: EngineDeps, secret_box: SecretBox, adopt: Adopt) -> None:
@@ -55,9 +55,21 @@ async def restore_all(deps: EngineDeps, secret_box: SecretBox, adopt: Adopt) -> 
 
 
 async def restore_session(
-    stored: StoredSession, deps: EngineDeps, secret_box: SecretBox, adopt: Adopt
-) -> None:
-    """Bring one stored session back: ended ones readable, live ones paused."""
+    stored: StoredSession,
+    deps: EngineDeps,
+    secret_box: SecretBox,
+    adopt: Adopt,
+    *,
+    taken_over: bool = False,
+    before_start: Callable[[Session], None] | None = None,
+) -> SessionLoop:
+    """Bring one stored session back: ended ones readable, live ones paused.
+
+    `taken_over`: a cluster node took the session over from a node that stopped or
+    died (engine/cluster/): it goes on in the state it was stored in, running unless
+    it was paused, as if nothing had happened but the cut reply. `before_start` sees
+    the session once its hub is restored, before anything new is published.
+    """
     record = stored.record
     ended = record.state == "ended"
     if not ended:
@@ -87,21 +99,31 @@ async def restore_session(
         restore_summary(session, *stored.summary)
     events = await deps.store.load_events(session.id)
     session.hub.restore([Frame(e.seq, e.type, e.data) for e in events], record.last_seq)
-    loop = adopt(session, "ended" if ended else "paused")
+    if before_start is not None:
+        before_start(session)
+    paused = not taken_over or record.state == "paused"
+    loop = adopt(session, "ended" if ended else "paused" if paused else None)
     if ended:
         session.hub.close()
         loop.ended.set()
-        return
+        return loop
     talker_turns = [m.turn for m in stored.messages if m.kind == "talker"]
     last_bot = max((m.turn for m in stored.messages if m.kind == "bot"), default=0)
     loop.started = spec.options.participation == "autonomous" or bool(talker_turns)
     loop.unanswered = sum(1 for turn in talker_turns if turn > last_bot)
     for message in session.history.pending_reserved():
         await session.commit(partial(_restart_tombstone, session, message))
+    if taken_over:
+        await session.save()
+        loop.start()
+        session.log.info("session taken over (%s) with %d messages", record.state,
+                         len(session.history))  # fmt: skip
+        return loop
     session.emit(SessionPaused(reason="server_restart"))
     await session.save(state="paused")
     loop.start()
     session.log.info("session restored (paused) with %d messages", len(session.history))
+    return loop
 
 
 def stored_spec(

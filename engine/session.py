@@ -34,10 +34,12 @@ from engine.llm.client import Backend, named_backend
 from engine.llm.protocol import ChatClient
 from engine.logs import SessionLogger, session_logger
 from engine.metrics import NO_METRICS, Metrics
+from engine.presence import PresenceAnnouncer
 from engine.prompts import PromptParts, system_prompt
 from engine.rectifier import Rectifier
 from engine.spec.issues import format_path
 from engine.spec.models import BotSpec, SessionSpec
+from engine.status import MemberCounts
 from engine.store.base import EventRecord, SessionRecord, Store
 from engine.tokens import TokenCounter
 from engine.turn_view import TurnView
@@ -127,6 +129,10 @@ class Session:
         )
         self.log: SessionLogger = session_logger("fellowship.session", self.id)
         self.members: dict[str, Member] = {}
+        # Observers are counted, not announced one by one (engine/presence.py).
+        self.presence = PresenceAnnouncer(
+            count=self.presence_now, emit=self._emit_presence, clock=deps.clock
+        )
         self.started_monotonic = deps.clock.monotonic()
         self.last_activity = self.started_monotonic
         self.debug_enabled = deps.settings.debug or spec.options.debug
@@ -254,9 +260,21 @@ class Session:
         if self.debug_enabled:
             self.hub.publish(DebugEvent(category=category, data=data))
 
-    def snapshot(self) -> HistoryEvent:
-        """The `history` event a new member starts with."""
-        return HistoryEvent(messages=self.history.messages, state=self.loop_state)
+    def snapshot(self, joining: MemberRole | None = None, name: str | None = None) -> HistoryEvent:
+        """The `history` event a new member starts with.
+
+        Its `presence` counts the member `joining` (with `name`) already, unless the
+        session has ended: a member of an ended session is never counted.
+        """
+        presence = self.presence_now()
+        if joining is not None and not self.hub.closed:
+            if joining == "talker":
+                presence.talkers.append(name or "")
+            else:
+                presence.observers += 1
+        return HistoryEvent(
+            messages=self.history.messages, state=self.loop_state, presence=presence
+        )
 
     async def commit(self, place: Callable[[], tuple[Message | None, list[BaseEvent]]]) -> None:
         """Assign a position, commit it, then broadcast — atomically with respect to others.
@@ -274,8 +292,31 @@ class Session:
         """Talkers connected now."""
         return sum(1 for m in self.members.values() if m.role == "talker")
 
-    def join(self, role: MemberRole, name: str | None, since: int | None) -> Member:
-        """Connect a member; talkers are refused when the mode or `max_talkers` forbids."""
+    def presence_now(self) -> MemberCounts:
+        """Who is connected to this process now: talkers by name, observers counted."""
+        talkers = [m.name or "" for m in self.members.values() if m.role == "talker"]
+        return MemberCounts(talkers=talkers, observers=len(self.members) - len(talkers))
+
+    def _emit_presence(self, event: BaseEvent) -> None:
+        # Nothing may follow session_end, whichever way the hub was closed.
+        if not self.hub.closed:
+            self.emit(event)
+
+    def join(
+        self,
+        role: MemberRole,
+        name: str | None,
+        since: int | None,
+        *,
+        remote_id: str | None = None,
+    ) -> Member:
+        """Connect a member; talkers are refused when the mode or `max_talkers` forbids.
+
+        A talker's arrival is announced (`member_joined`); an observer's only changes
+        the counts of the next `presence` event. `remote_id`: the member is connected to
+        another cluster node, which streams to it (engine/cluster/node.py); here it only
+        counts, under that id.
+        """
         if role == "talker":
             if self.options.participation == "autonomous":
                 raise TalkersNotAllowed(
@@ -286,27 +327,35 @@ class Session:
                     f"this session already has its {self.options.max_talkers} talker(s)"
                 )
         member = Member(
-            id=secrets.token_hex(MEMBER_ID_BYTES),
+            id=remote_id or secrets.token_hex(MEMBER_ID_BYTES),
             role=role,
             name=name,
-            subscription=self.hub.subscribe(self.snapshot, since),
+            subscription=(
+                self.hub.subscribe(lambda: self.snapshot(role, name), since)
+                if remote_id is None
+                else Subscription(0, 1, _streamed_elsewhere)
+            ),
         )
         self.touch()
         if self.hub.closed:
             return member  # an ended session: history (or replay) only, then the stream ends
         self.members[member.id] = member
-        self.emit(MemberJoined(role=role, name=name))
+        if role == "talker":
+            self.emit(MemberJoined(role=role, name=name))
+        self.presence.changed()
         self.log.info("%s joined (%s)", role, name or "anonymous")
         return member
 
     def leave(self, member: Member) -> None:
-        """Disconnect a member (idempotent)."""
+        """Disconnect a member (idempotent); announced as `join` announces arrivals."""
         if self.members.pop(member.id, None) is None:
             return
         member.subscription.close(CLOSE_LEFT, drain=False)
         self.touch()
         if not self.hub.closed:
-            self.emit(MemberLeft(role=member.role, name=member.name))
+            if member.role == "talker":
+                self.emit(MemberLeft(role=member.role, name=member.name))
+            self.presence.changed()
         self.log.info("%s left (%s)", member.role, member.name or "anonymous")
 
     # --- persistence ----------
@@ -328,3 +377,7 @@ class Session:
     def now(self) -> datetime:
         """Current UTC time from the injected clock."""
         return self.deps.clock.now()
+
+
+def _streamed_elsewhere(subscription: Subscription) -> None:
+    """A remote member's placeholder stream: its node closes the real one."""

@@ -195,7 +195,7 @@ async def session_status(token: str) -> Response:
     usage (Fellowship's count and the backend's), limits and warnings. Either token.
     """
     manager = current_state().manager
-    return json_response(manager.status(manager.open(token)))
+    return json_response(await manager.status_of(await manager.find(token)))
 
 
 @blueprint.delete(SESSION_PATH)
@@ -211,9 +211,9 @@ async def end_session(token: str) -> Response:
     already ended. Answers the final status.
     """
     manager = current_state().manager
-    handle = manager.open(token)
+    handle = await manager.find(token)
     await manager.end(handle)
-    return json_response(manager.status(handle))
+    return json_response(await manager.status_of(await manager.find(token)))
 
 
 @blueprint.post(f"{SESSION_PATH}/pause")
@@ -228,9 +228,9 @@ async def pause_session(token: str) -> Response:
     Broadcasts `session_paused`. Full token only; 409 unless the session is active.
     """
     manager = current_state().manager
-    handle = manager.open(token)
+    handle = await manager.find(token)
     await manager.pause(handle)
-    return json_response(manager.status(handle))
+    return json_response(await manager.status_of(handle))
 
 
 @blueprint.post(f"{SESSION_PATH}/resume")
@@ -244,9 +244,9 @@ async def resume_session(token: str) -> Response:
     409 unless the session is paused.
     """
     manager = current_state().manager
-    handle = manager.open(token)
+    handle = await manager.find(token)
     await manager.resume(handle)
-    return json_response(manager.status(handle))
+    return json_response(await manager.status_of(handle))
 
 
 @blueprint.get(f"{SESSION_PATH}/history")
@@ -260,7 +260,8 @@ async def session_history(token: str) -> Response:
     reply is generated, and failed tombstones. Either token.
     """
     manager = current_state().manager
-    return json_response(HistoryResponse(messages=manager.history(manager.open(token))))
+    messages = await manager.history_of(await manager.find(token))
+    return json_response(HistoryResponse(messages=messages))
 
 
 # --- the cluster (admin) --------------------------------------------------------------------------
@@ -378,11 +379,11 @@ async def fork_session(token: str) -> Response:
     """
     state = current_state()
     manager = state.manager
-    handle = manager.open(token)
+    handle = await manager.find(token)
     manager.require_full(handle)
     body = await _read_body(state.settings.max_spec_bytes)
     fork = _fork_request(body, request.headers.get("Content-Type"), state.settings)
-    created = await manager.fork(handle, fork.at_turn, fork.overrides, fork.start)
+    created = await manager.fork_of(handle, fork.at_turn, fork.overrides, fork.start)
     return json_response(created, 201)
 
 
@@ -431,7 +432,7 @@ async def session_transcript(token: str) -> Response:
     """
     manager = current_state().manager
     query = parse_params(TranscriptQuery, request.args)
-    rendered = manager.transcript(manager.open(token), query.format)
+    rendered = await manager.transcript_of(await manager.find(token), query.format)
     response = Response(rendered.body, status=200, content_type=rendered.media_type)
     response.headers["Content-Disposition"] = rendered.content_disposition
     return response

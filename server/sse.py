@@ -22,7 +22,7 @@ from quart_schema import document_headers, document_querystring, tag
 from engine.errors import FellowshipError
 from engine.events import BaseEvent
 from engine.hub import Frame
-from engine.manager import Handle, SessionManager
+from engine.manager import Opened, SessionManager
 from server.api_models import StreamHeaders, StreamQuery
 from server.conversions import parse_params
 from server.errors import error_event
@@ -82,9 +82,8 @@ async def stream(token: str) -> Response:
     # Checked before the stream starts, so that a bad name is a 400, not an event in a 200.
     manager.display_name(query.name)
     since = headers.last_event_id if headers.last_event_id is not None else query.since
-    handle = manager.open(token)
-    status = manager.status(handle)
-    if status.state == "ended" and since is not None and since >= status.last_seq:
+    handle = await manager.find(token)
+    if manager.seen_to_the_end(handle, since):
         return Response("", status=204)
     response = Response(
         _frames(manager, handle, query.name, since, state.settings.sse_keepalive_seconds),
@@ -108,7 +107,7 @@ def encode_frame(frame: Frame) -> bytes:
 
 async def _frames(
     manager: SessionManager,
-    handle: Handle,
+    handle: Opened,
     name: str | None,
     since: int | None,
     keepalive: float,
@@ -116,7 +115,7 @@ async def _frames(
     # The member joins when the body starts streaming, not before: a client that went
     # away before then leaves nothing registered behind.
     try:
-        member = manager.connect(handle, "observer", name, since)
+        member = await manager.join(handle, "observer", name, since)
     except FellowshipError as exc:
         yield encode_event(error_event(exc, seq=0))
         return

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ValidationError
@@ -32,7 +33,7 @@ from quart_schema import document_querystring, tag
 from engine.errors import BadFrame, FellowshipError, InternalError, InvalidJson, UnknownFrameType
 from engine.events import Pong
 from engine.input_text import has_lone_surrogate
-from engine.manager import Handle, SessionManager
+from engine.manager import Opened, SessionManager
 from engine.session import Member
 from server.api_models import ConnectQuery, PingFrame, UserMessageFrame, client_frame_adapter
 from server.conversions import parse_params
@@ -44,6 +45,8 @@ from server.errors import (
     ws_reason,
 )
 from server.state import current_state
+
+log = logging.getLogger("fellowship.ws")
 
 blueprint = Blueprint("websocket", __name__)
 
@@ -86,8 +89,8 @@ async def connect(token: str) -> None:
         state.refuse_if_closing()
         state.limiter.check(websocket.remote_addr or "-")
         query = parse_params(ConnectQuery, dict(websocket.args.items()))
-        handle = manager.open(token)
-        member = manager.connect(handle, query.role, query.name, query.since)
+        handle = await manager.find(token)
+        member = await manager.join(handle, query.role, query.name, query.since)
     except FellowshipError as exc:
         await _refuse(exc)
         return
@@ -119,7 +122,7 @@ class Connection:
     """One connected member: a sender and a receiver task over one socket."""
 
     def __init__(
-        self, manager: SessionManager, handle: Handle, member: Member, *, since: int | None
+        self, manager: SessionManager, handle: Opened, member: Member, *, since: int | None
     ) -> None:
         self.manager = manager
         self.handle = handle
@@ -139,7 +142,10 @@ class Connection:
             failed = [t for t in done if not t.cancelled() and t.exception() is not None]
             if failed:
                 exc = failed[0].exception()
-                self.handle.session.log.error("websocket connection failed: %r", exc, exc_info=exc)
+                log.error(
+                    "session %s: websocket connection failed: %r",
+                    self.handle.session_id, exc, exc_info=exc,
+                )  # fmt: skip
                 internal = InternalError("internal error")
                 with contextlib.suppress(Exception):
                     await self._send_to_client(error_event(internal, seq=self.last_seq))

@@ -44,8 +44,12 @@ from engine.errors import FellowshipError, InternalError, OwnerUnreachable
 
 log = logging.getLogger("fellowship.cluster")
 
-CommandKind = Literal["talk", "pause", "resume", "end", "delete"]
-"""What a command asks of the owner: place a talker message, or one of the controls."""
+CommandKind = Literal[
+    "talk", "pause", "resume", "end", "delete", "fork",
+    "status", "history", "transcript", "join", "leave", "touch",
+]  # fmt: skip
+"""What a command asks of the owner: place a talker message, one of the controls, a
+read of the live session, or news of a member connected to another node."""
 
 REPLY_TIMEOUT: Final = 5.0
 """Seconds a sender waits for the owner's reply before it gives up (`OwnerUnreachable`)."""

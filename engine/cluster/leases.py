@@ -125,17 +125,24 @@ class LeaseKeeper:
         self._renewed_at = started
         self._task = asyncio.create_task(self._run(), name=f"leases of {self.node_id}")
 
-    async def stop(self) -> None:
-        """A clean stop: hand every lease over at once and leave the nodes registry.
-
-        Afterwards the store refuses every write of a session (no lease is held), so
-        stop the sessions' loops first.
-        """
+    async def quiesce(self) -> None:
+        """Stop renewing and taking over, and wait for the take-overs under way: the
+        first step of a clean stop, before the node stops its loops."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._callbacks:
+            await asyncio.wait(list(self._callbacks))
+
+    async def stop(self) -> None:
+        """A clean stop: hand every lease over at once and leave the nodes registry.
+
+        Afterwards the store refuses every write of a session (no lease is held), so
+        `quiesce`, then stop the sessions' loops, first.
+        """
+        await self.quiesce()
         held, self._held = dict(self._held), {}
         try:
             await self.store.leave_cluster(held)

@@ -144,7 +144,7 @@ class Supervisor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         except OSError as exc:
             detail = f"cannot start {self.name} ({self.command[0]}): {exc.strerror or exc}"
@@ -170,7 +170,7 @@ class Supervisor:
             deadline = self._clock() + timings.start_timeout
             while not await self._healthy(http):
                 if await _exited_within(exited, timings.health_interval):
-                    return f"{_ended(process.returncode)} while starting"
+                    return f"{describe_exit(process.returncode)} while starting"
                 if self._clock() >= deadline:
                     return f"did not answer within {timings.start_timeout:g} s of starting"
             self._log.info("%s answers at %s", self.name, self.health_url)
@@ -188,7 +188,7 @@ class Supervisor:
                     self._report("unreachable", f"{self.name} does not answer", False)
                 elif now - silent_since >= timings.start_timeout:
                     return f"stopped answering for {timings.start_timeout:g} s"
-            return _ended(process.returncode)
+            return describe_exit(process.returncode)
         finally:
             exited.cancel()
 
@@ -224,7 +224,7 @@ class Supervisor:
         self._on_state(state, detail, answers)
 
 
-def _ended(returncode: int | None) -> str:
+def describe_exit(returncode: int | None) -> str:
     """How a child ended, in words: its exit status, or the signal that killed it."""
     if returncode is not None and returncode < 0:
         try:
@@ -239,11 +239,13 @@ async def _exited_within(exited: asyncio.Task[int], seconds: float) -> bool:
     return bool(done)
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """On Linux, a function for the child to ask the kernel for SIGTERM when its parent dies.
 
-    libc's `prctl` is looked up here, in the parent, so that the forked child only makes
-    one plain call (no loading, no imports) before it runs the server.
+    Pass it as `preexec_fn`. libc's `prctl` is looked up here, in the parent, so that the
+    forked child only makes one plain call (no loading, no imports) before it runs the
+    server. The kernel watches the thread that started the child: start it from one that
+    lives as long as the process (the main thread, or the event loop's).
     """
     if not sys.platform.startswith("linux"):
         return None

@@ -50,7 +50,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from engine.errors import NotOwner
-from engine.events import BaseEvent
+from engine.events import BaseEvent, HistoryEvent
 from engine.history import Message
 from engine.hub.base import (
     CLOSE_RECONNECT,
@@ -87,6 +87,9 @@ OUTBOX_LIMIT: Final = 100_000
 from the store)."""
 COMMAND_TIMEOUT: Final = 5.0
 """Seconds a Redis command may take before it counts as failed."""
+HAND_OVER_REASONS: Final = frozenset({CLOSE_SHUTDOWN, CLOSE_RECONNECT})
+"""Close reasons of an owner's hub after which the session goes on under another node:
+its end is not announced to the followers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,7 @@ class _Outgoing:
     fields: dict[Any, Any]
     maxlen: int
     end: bool  # an end entry never creates a stream (an expired one stays gone)
+    again: bool = False  # sent again by a new owner: the stream most likely has it
 
 
 class RedisEvents:
@@ -211,7 +215,7 @@ class RedisEvents:
         follower's members without closing them (they see one gapless stream).
         `options.first_seq` is the last seq the session's row recorded.
         """
-        self._unregister(follower)
+        self.unregister(follower)
         stored = await follower.catch_up()
         hub = RedisHub(self, options)
         hub.restore(stored, max(options.first_seq, follower.durable_seq))
@@ -219,11 +223,17 @@ class RedisEvents:
         return hub
 
     # --- publishing ----------
-    def append(self, key: str, frames: list[Frame], *, prev: int, maxlen: int) -> None:
-        """Queue stored frames for the stream `key`, each linked to the one before."""
+    def append(
+        self, key: str, frames: list[Frame], *, prev: int, maxlen: int, again: bool = False
+    ) -> None:
+        """Queue stored frames for the stream `key`, each linked to the one before.
+
+        `again`: frames a new owner sends once more in case its predecessor could not;
+        Redis refusing them (the stream has them) is expected and not worth a warning.
+        """
         for frame in frames:
             fields = {"p": str(prev), "t": frame.type, "d": frame.data}
-            self._outbox.append(_Outgoing(key, f"{frame.seq}-0", fields, maxlen, end=False))
+            self._outbox.append(_Outgoing(key, f"{frame.seq}-0", fields, maxlen, False, again))
             prev = frame.seq
         self._wake_publisher()
 
@@ -277,7 +287,8 @@ class RedisEvents:
             if isinstance(result, Exception):
                 # An ID not above the stream's top: another owner published this seq
                 # (this node lost the session) or the end was published already.
-                log.warning("event %s of %s not published: %s", item.entry_id, item.key, result)
+                level = logging.DEBUG if item.again else logging.WARNING
+                log.log(level, "event %s of %s not published: %s", item.entry_id, item.key, result)
 
     # --- reading ----------
     async def entries(self, session_id: str) -> list[StreamEntry]:
@@ -294,7 +305,8 @@ class RedisEvents:
         self._cursors[key] = f"{hub.durable_seq}-0"
         self._wake_reader()
 
-    def _unregister(self, hub: FollowerHub) -> None:
+    def unregister(self, hub: FollowerHub) -> None:
+        """Stop reading a follower's stream (it closed, or its node takes the session)."""
         if self._followers.get(hub.stream_key) is hub:
             del self._followers[hub.stream_key]
             self._cursors.pop(hub.stream_key, None)
@@ -402,11 +414,14 @@ class RedisHub(LocalHub):
         # property test; Redis refuses it, harmlessly, when the stream has it already.)
         if stored and stored[-1].seq == self.last_seq:
             prev = stored[-2].seq if len(stored) > 1 else stored[-1].seq - 1
-            self._events.append(self.stream_key, stored[-1:], prev=prev, maxlen=self._buffer_size)
+            self._events.append(
+                self.stream_key, stored[-1:], prev=prev, maxlen=self._buffer_size, again=True
+            )
 
     def close(self, reason: str = CLOSE_SESSION_ENDED) -> None:
-        """End every member's stream here, and on every node unless this node stops."""
-        self._announce_end = reason != CLOSE_SHUTDOWN
+        """End every member's stream here, and on every node unless the session goes on
+        elsewhere (this node stops, or lost the session: `HAND_OVER_REASONS`)."""
+        self._announce_end = reason not in HAND_OVER_REASONS
         super().close(reason)
 
     def _close_members(self) -> None:
@@ -433,7 +448,7 @@ class _Waiting:
 
     sub: Subscription
     since: int
-    snapshot: Snapshot
+    snapshot: Snapshot | None  # None: it has its `history` already (`subscribe_from`)
     timer: asyncio.TimerHandle | None = None
 
 
@@ -602,6 +617,47 @@ class FollowerHub(Hub):
         self._join(sub, snapshot, since)
         return sub
 
+    def subscribe_from(self, history: HistoryEvent, since: int | None = None) -> Subscription:
+        """Register a member that starts from `history`, read from the store at `history.seq`.
+
+        A member on this node cannot get its snapshot from the session (it runs on
+        another node), so it gets one from the store, which may be ahead of or behind
+        what this follower has delivered; the member then gets exactly the frames after
+        it. A `since` this follower can replay exactly is replayed instead.
+        """
+        if since is not None and self.floor <= since <= self.durable_seq:
+            return self.subscribe(lambda: history, since)
+        sub = Subscription(next(self._ids), self._queue_size, self.discard)
+        sub.push(Frame(history.seq, history.type, history.model_dump_json()))
+        if history.seq > self.durable_seq and not self.closed:
+            waiting = _Waiting(sub, history.seq, None)
+            waiting.timer = asyncio.get_running_loop().call_later(
+                FUTURE_SINCE_WAIT, self._stop_waiting, waiting
+            )
+            self._waiting.append(waiting)
+            self._fill_from_store()
+        else:
+            self._join(sub, None, history.seq)
+        return sub
+
+    def _fill_from_store(self) -> None:
+        """Deliver what the store has and the stream has not brought yet."""
+        if self._filler is None and not self.closed:
+            self._filler = asyncio.create_task(self._catch_up_quietly(), name="hub-fill")
+
+    async def _catch_up_quietly(self) -> None:
+        try:
+            missing = await self._stored_after_durable()
+            if missing:
+                self._deliver(missing)
+        except Exception as exc:
+            log.warning("session %s: events not read from the store: %s", self.session_id, exc)
+        finally:
+            self._filler = None
+        held, self._held = self._held, []
+        if held and not self.closed:
+            self.receive(held)
+
     def _stop_waiting(self, waiting: _Waiting) -> None:
         if waiting not in self._waiting:
             return
@@ -611,11 +667,15 @@ class FollowerHub(Hub):
         if not waiting.sub.closed:
             self._join(waiting.sub, waiting.snapshot, waiting.since)
 
-    def _join(self, sub: Subscription, snapshot: Snapshot, since: int | None) -> None:
+    def _join(self, sub: Subscription, snapshot: Snapshot | None, since: int | None) -> None:
         if since is not None and self.floor <= since <= self.durable_seq:
             for frame in self._buffer:
                 if frame.seq > since:
                     sub.push(frame)
+        elif snapshot is None:
+            # It has its history already and what follows cannot be delivered exactly.
+            sub.close(CLOSE_RECONNECT)
+            return
         else:
             history = snapshot()
             history.seq = self.durable_seq
@@ -654,7 +714,7 @@ class FollowerHub(Hub):
         """End every member's stream here (after what they have queued); stop reading."""
         self.closed = True
         self._close_reason = reason
-        self._events._unregister(self)
+        self._events.unregister(self)
         for waiting in list(self._waiting):
             self._stop_waiting(waiting)
         for member in list(self._members.values()):

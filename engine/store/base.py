@@ -230,6 +230,30 @@ class Store(ABC):
             for record in await self.load_sessions(include_ended=include_ended)
         ]
 
+    async def load_session(self, session_id: str) -> StoredSession | None:
+        """One stored session with its history, summary and memory (a cluster node taking
+        it over); None when it is not stored. Stores shared between nodes read it from
+        one snapshot."""
+        for record in await self.load_sessions(include_ended=True):
+            if record.id == session_id:
+                return StoredSession(
+                    record=record,
+                    messages=await self.load_messages(session_id),
+                    summary=await self.load_summary(session_id),
+                    memory=await self.load_memory(session_id),
+                )
+        return None
+
+    async def load_history(self, session_id: str) -> tuple[list[Message], int]:
+        """A session's history and the seq of its last stored event, as of one moment.
+
+        Messages are stored with the events that announce them, so the pair describes
+        the session exactly as a member who saw every event up to that seq knows it.
+        """
+        messages = await self.load_messages(session_id)
+        events = await self.load_events(session_id)
+        return messages, events[-1].seq if events else 0
+
     async def expire_ended(self, before: datetime) -> list[str]:
         """Delete the sessions that ended before `before`, with all their data.
 
@@ -261,6 +285,10 @@ class Store(ABC):
         Returns the sessions renewed; a missing one is lost (taken over, or gone).
         """
         return set(held)
+
+    async def lease_owner(self, session_id: str) -> str | None:
+        """The node whose lease on the session is live now; None when nobody's is."""
+        return self.node_id
 
     async def release_leases(self, held: Mapping[str, int]) -> None:  # noqa: B027 - one node
         """Hand leases over at once (they expire now), so another node may take them."""

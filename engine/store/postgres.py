@@ -120,6 +120,11 @@ _LIVE_SESSIONS = """
            ended_at, end_reason, warnings, bot_turns, last_seq
     FROM sessions WHERE state != 'ended' ORDER BY position
 """
+_SESSION_BY_ID = """
+    SELECT id, name, spec_json, full_token_hash, observer_token_hash, state, created_at,
+           ended_at, end_reason, warnings, bot_turns, last_seq
+    FROM sessions WHERE id = $1
+"""
 _ALL_SPECS = "SELECT id, spec_json FROM sessions ORDER BY position FOR UPDATE"
 _UPDATE_SPEC = "UPDATE sessions SET spec_json = $2 WHERE id = $1"
 # Two indexed lookups rather than one OR; the oldest session wins, the full token first.
@@ -258,6 +263,7 @@ _TAKE_EXPIRED = """
     FROM picked WHERE l.session_id = picked.session_id AND l.expires_at < now()
     RETURNING l.session_id, l.epoch
 """
+_LEASE_OWNER = "SELECT node_id FROM leases WHERE session_id = $1 AND expires_at >= now()"
 # The heartbeat also forgets nodes long gone that run nothing any more.
 _HEARTBEAT = """
     WITH forgotten AS (
@@ -672,6 +678,16 @@ class PostgresStore(Store):
 
         return await self._run(work, write=True, single=True)
 
+    async def lease_owner(self, session_id: str) -> str | None:
+        if self.fencing is None:
+            return self.node_id  # one process on PostgreSQL
+
+        async def work(conn: Connection) -> str | None:
+            owner = await conn.fetchval(_LEASE_OWNER, session_id)
+            return None if owner is None else str(owner)
+
+        return await self._run(work, write=False)
+
     async def heartbeat(self, seconds: float) -> None:
         async def work(conn: Connection) -> None:
             await conn.execute(_HEARTBEAT, self.node_id, float(seconds), NODE_FORGET_SECONDS)
@@ -892,6 +908,39 @@ class PostgresStore(Store):
                 after_seq,
             )
             return [EventRecord(seq=row[0], type=row[1], data=row[2]) for row in rows]
+
+        return await self._run(work, write=False, session_id=session_id)
+
+    async def load_session(self, session_id: str) -> StoredSession | None:
+        async def work(conn: Connection) -> StoredSession | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow(_SESSION_BY_ID, session_id)
+                if row is None:
+                    return None
+                messages = [_message(m) for m in await conn.fetch(_MESSAGES, session_id)]
+                summary = await conn.fetchrow(
+                    "SELECT upto_turn, text FROM summaries WHERE session_id = $1", session_id
+                )
+                memory = await conn.fetchval(
+                    "SELECT text FROM memory WHERE session_id = $1", session_id
+                )
+            return StoredSession(
+                record=_record(row),
+                messages=messages,
+                summary=None if summary is None else (int(summary[0]), str(summary[1])),
+                memory=None if memory is None else str(memory),
+            )
+
+        return await self._run(work, write=False, session_id=session_id)
+
+    async def load_history(self, session_id: str) -> tuple[list[Message], int]:
+        async def work(conn: Connection) -> tuple[list[Message], int]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                messages = [_message(m) for m in await conn.fetch(_MESSAGES, session_id)]
+                last = await conn.fetchval(
+                    "SELECT coalesce(max(seq), 0) FROM events WHERE session_id = $1", session_id
+                )
+            return messages, int(last)
 
         return await self._run(work, write=False, session_id=session_id)
 

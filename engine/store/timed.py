@@ -111,9 +111,18 @@ class TimedStore(Store):
     async def load_all(self, *, include_ended: bool) -> list[StoredSession]:
         return await self.inner.load_all(include_ended=include_ended)
 
+    async def load_session(self, session_id: str) -> StoredSession | None:
+        return await self.inner.load_session(session_id)
+
+    async def load_history(self, session_id: str) -> tuple[list[Message], int]:
+        return await self.inner.load_history(session_id)
+
     # --- leases (forwarded: the wrapped store holds them) ----------
     async def acquire_lease(self, session_id: str, seconds: float) -> int | None:
         return await self.inner.acquire_lease(session_id, seconds)
+
+    async def lease_owner(self, session_id: str) -> str | None:
+        return await self.inner.lease_owner(session_id)
 
     async def renew_leases(self, held: Mapping[str, int], seconds: float) -> set[str]:
         return await self.inner.renew_leases(held, seconds)

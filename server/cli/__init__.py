@@ -14,13 +14,25 @@ from . import (
     mock_llm,
     rotate_secrets,
     run,
+    run_cluster,
     schema,
     secret_key,
     serve,
     validate,
 )
 
-COMMANDS = (serve, run, validate, schema, diagrams, mock_llm, backend, secret_key, rotate_secrets)
+COMMANDS = (
+    serve,
+    run_cluster,
+    run,
+    validate,
+    schema,
+    diagrams,
+    mock_llm,
+    backend,
+    secret_key,
+    rotate_secrets,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -370,6 +370,9 @@ async def test_the_observer_link_shows_the_same_history_and_no_controls(
     await expect(observer.page.locator("#join-form")).to_be_hidden()
     await expect(observer.page.locator("#owner-token-box")).to_be_hidden()
     assert "fsk_" not in await observer.storage()
+    # Both tabs watch: the newcomer counts itself from its history, the owner from presence.
+    for tab in (owner, observer):
+        await expect(tab.page.locator("#st-members")).to_have_text("2 observers")
 
     held.open()
     for tab in (owner, observer):

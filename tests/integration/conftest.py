@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import aconnect_sse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -134,6 +136,11 @@ class WsMember:
     def of_type(self, *types: str) -> list[Event]:
         return [e for e in self.events if e["type"] in types]
 
+    def presence(self) -> tuple[list[str], int] | None:
+        """Talkers and observer count of the last `presence` event received, if any."""
+        told = self.of_type("presence")
+        return (told[-1]["talkers"], told[-1]["observers"]) if told else None
+
     def session_events(self) -> list[Event]:
         """Events of the session stream (not `pong`/`error` replies to this client)."""
         return [e for e in self.events if e["type"] not in ("pong", "history")]
@@ -198,6 +205,76 @@ async def members() -> AsyncIterator[list[WsMember]]:
     for member in joined:
         if not member.closed:
             await member.ws.close()
+
+
+# --- SSE members ---------------------------------------------------------------------------------
+
+
+class SseReader:
+    """Reads one SSE stream in the background: every event as (id, event, data)."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.ids: list[str] = []
+        self.names: list[str] = []
+        self.status: int | None = None
+        self.headers: httpx.Headers | None = None
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._read(http, url, headers))
+
+    async def _read(self, http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
+        try:
+            async with aconnect_sse(http, "GET", url, headers=headers) as source:
+                self.status = source.response.status_code
+                self.headers = source.response.headers
+                if self.status != 200:
+                    return
+                async for sse in source.aiter_sse():
+                    self.ids.append(sse.id)
+                    self.names.append(sse.event)
+                    self.events.append(sse.json())
+                    self._changed.set()
+        finally:
+            self._changed.set()
+
+    @property
+    def done(self) -> bool:
+        return self._task.done()
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == type_]
+
+    async def wait_for(self, predicate: Callable[[SseReader], bool]) -> None:
+        async def loop() -> None:
+            while not predicate(self):
+                if self.done:
+                    raise AssertionError(f"stream ended: {[e['type'] for e in self.events]}")
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(loop(), WAIT_SECONDS)
+
+    async def wait_type(self, type_: str, count: int = 1) -> None:
+        await self.wait_for(lambda r: len(r.of_type(type_)) >= count)
+
+    async def wait_done(self) -> None:
+        await asyncio.wait_for(asyncio.shield(self._task), WAIT_SECONDS)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def sse(
+    server: RunningServer, token: str, *, query: str = "", headers: dict[str, str] | None = None
+) -> AsyncIterator[SseReader]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_SECONDS) as http:
+        reader = SseReader(http, f"/v1/session/{token}/stream{query}", headers or {})
+        try:
+            yield reader
+        finally:
+            await reader.stop()
 
 
 def check_stream(events: list[Event]) -> None:

@@ -17,9 +17,9 @@ from tests.integration.conftest import (
     RunningServer,
     WsMember,
     create_session,
+    sse,
     ws_join,
 )
-from tests.integration.test_sse_stream import sse
 from tests.support.engine import WAIT_SECONDS
 from tests.support.served import read_port
 

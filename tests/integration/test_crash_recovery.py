@@ -23,8 +23,7 @@ import httpx
 import pytest
 
 from engine.llm.mock import MockLLM
-from tests.integration.conftest import WsMember, spec_dict, ws_join
-from tests.integration.test_sse_stream import SseReader
+from tests.integration.conftest import SseReader, WsMember, spec_dict, ws_join
 from tests.support.engine import WAIT_SECONDS
 from tests.support.served import ServeProcess
 

@@ -161,20 +161,18 @@ async def test_a_consumer_that_disappears_without_a_goodbye_is_forgotten(
             else f"/v1/session/{token}/stream?name=ghost"
         )
         ghost = await raw_connect(server.port, path, websocket=transport == "ws")
-        await steady.wait_for(
-            lambda m: any(e.get("name") == "ghost" for e in m.of_type("member_joined"))
-        )
-        assert await observers(client, created["token"]) == 2
+
+        def observing(n: int) -> Callable[[], Awaitable[bool]]:
+            # Observers are counted, not announced: the status says how many (a presence
+            # event could come a second late, after this short session is over).
+            async def check() -> bool:
+                return await observers(client, created["token"]) == n
+
+            return check
+
+        await wait_until(observing(2))
         getattr(ghost, how)()  # no close frame, no end of stream: just gone
-
-        await steady.wait_for(
-            lambda m: any(e.get("name") == "ghost" for e in m.of_type("member_left"))
-        )
-
-        async def only_steady_left() -> bool:
-            return await observers(client, created["token"]) == 1
-
-        await wait_until(only_steady_left)
+        await wait_until(observing(1))
         await steady.wait_closed()
     check_stream(steady.events)
     assert steady.events[-1]["type"] == "session_end"
@@ -270,13 +268,13 @@ async def test_a_thousand_observers_coming_and_going_cost_the_others_nothing(
             for member in members:
                 if not member.closed:
                     await member.close()
-    # The steady observer received every event of its session, in order, to the end,
-    # with every one of the churned observers' arrivals and departures among them.
+    # The steady observer received every event of its session, in order, to the end;
+    # the churned observers were counted in `presence`, never announced one by one.
     for member in members:
         check_stream(member.events)
         assert member.events[-1]["type"] == "session_end"
-    churned = [e for e in steady.of_type("member_joined") if e.get("name") == "churn"]
-    assert len(churned) == CHURN_CYCLES
+    assert steady.of_type("member_joined", "member_left") == []
+    assert steady.of_type("presence")
 
 
 async def test_a_thousand_observers_coming_and_going_leave_nothing_behind(

@@ -103,7 +103,7 @@ async def run_session_with_fault(
         reader = await sse_join(sse_http, created["observer_token"], name="reader")
         members: list[WsMember] = [talker, watcher]
         try:
-            await watcher.wait_for(lambda m: len(m.of_type("member_joined")) >= 2)
+            await watcher.wait_for(lambda m: m.presence() == ([TALKER], 2))  # reader counted
             await talker.say("Coffee or tea?")
             await talker.wait_type("bot_message")
             await talker.say("And what about cocoa?")  # lands mid-conversation
@@ -283,7 +283,7 @@ async def test_a_write_that_fails_ends_the_session_and_loses_nothing_broadcast(
         watcher = await ws_join(server, created["observer_token"], name="watcher")
         reader = await sse_join(sse_http, created["observer_token"], name="reader")
         try:
-            await watcher.wait_for(lambda m: len(m.of_type("member_joined")) >= 2)
+            await watcher.wait_for(lambda m: m.presence() == ([TALKER], 2))  # reader counted
             await talker.say("Coffee or tea?")
             await talker.wait_type("turn_end")
             lift = await fill_the_disk(server)

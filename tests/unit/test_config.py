@@ -164,11 +164,18 @@ def test_llm_backends_hosts_follow_allowed_llm_hosts(monkeypatch: pytest.MonkeyP
     )
 
 
-def test_a_redis_url_is_reported_as_planned_until_cluster_mode_is_wired() -> None:
+def test_a_redis_url_alone_is_reported_and_both_urls_make_a_cluster_node() -> None:
     from engine.config import load_settings, planned_settings
 
     assert planned_settings(load_settings(_env_file=None)) == []
     with_redis = load_settings(_env_file=None, redis_url="redis://:hunter2@127.0.0.1:6379/0")
+    assert not with_redis.cluster_mode
     [warning] = planned_settings(with_redis)
-    assert "REDIS_URL" in warning and "planned" in warning
+    assert "REDIS_URL" in warning and "DATABASE_URL" in warning
     assert "hunter2" not in warning
+    both = load_settings(
+        _env_file=None,
+        redis_url="redis://127.0.0.1:6379/0",
+        database_url="postgresql://127.0.0.1/test",
+    )
+    assert both.cluster_mode and planned_settings(both) == []

@@ -205,7 +205,7 @@ async def test_a_since_the_follower_has_not_received_yet_waits_for_it(
     follower = await b.follow(cluster.options(), cluster.load)
     # Stored on the owner, not yet read by the follower: what a member that moved from
     # the owner's node to this one a moment ago has seen.
-    b._unregister(follower)
+    b.unregister(follower)
     for turn in range(1, 6):
         await say(owner, turn)
     sub = follower.subscribe(snapshot, since=3)

@@ -591,11 +591,7 @@
     s.tokens.textContent = `${tokens.context} / ${tokens.limit}`;
     s.tokensBar.max = Math.max(tokens.limit, 1);
     s.tokensBar.value = Math.min(tokens.context, tokens.limit);
-    const talkers = status.members.talkers;
-    const parts = [];
-    if (talkers.length) parts.push(`talkers: ${talkers.join(", ")}`);
-    parts.push(`${status.members.observers} observer${status.members.observers === 1 ? "" : "s"}`);
-    s.members.textContent = parts.join("; ");
+    renderMembers(status.members);
     renderBackends(status);
     renderWarnings(status.warnings);
     if (status.state === "ended") {
@@ -606,6 +602,18 @@
       markEnded();
     }
     renderControls();
+  }
+
+  /**
+   * Who is connected: `{talkers: [names], observers: N}`, from the status, a `presence`
+   * event or a `history` event (observers are counted, never announced one by one).
+   */
+  function renderMembers(members) {
+    if (!members) return;
+    const parts = [];
+    if (members.talkers.length) parts.push(`talkers: ${members.talkers.join(", ")}`);
+    parts.push(`${members.observers} observer${members.observers === 1 ? "" : "s"}`);
+    ui.status.members.textContent = parts.join("; ");
   }
 
   /** Which named backend each bot uses: shown only when a session uses other than the default. */
@@ -924,9 +932,8 @@
         // A backend problem found while running is also kept among the warnings.
         if (event.code === "backend_template_mismatch") refreshStatusSoon();
         break;
-      case "member_joined":
-      case "member_left":
-        refreshStatusSoon();
+      case "presence":
+        renderMembers(event);
         break;
       default:
         // debug and any event type added later: not shown.
@@ -957,6 +964,7 @@
     for (const message of event.messages || []) upsertMessage(message);
     app.lastSeq = event.seq;
     if (event.state) setLoopState(event.state);
+    renderMembers(event.presence);
     if (event.state === "ended") {
       app.streamComplete = true;
       markEnded();
