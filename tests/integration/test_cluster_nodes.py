@@ -32,8 +32,7 @@ from typing import Any, Final, Literal
 import httpx
 import pytest
 
-from tests.integration.conftest import WsMember, ws_join
-from tests.integration.test_sse_stream import SseReader
+from tests.integration.conftest import SseReader, WsMember, ws_join
 from tests.support.cluster import (
     Cluster,
     Stored,
@@ -379,9 +378,13 @@ async def test_a_killed_owner_s_session_goes_on_on_another_node_without_a_gap(
     killed_at = time.monotonic()
     await cluster["a"].kill()
     backend.release()
+    # A talker line and a request sent to other nodes while nobody runs the session wait
+    # for the new owner (docs/scale-out.md: they "wait (up to 7 s) and then reach the new
+    # owner"), under one command id: the line is placed once.
     refusals = len(own_errors(talker.events))
     said.append("while the owner is dead")
     await talker.say("while the owner is dead")
+    status_in_gap = asyncio.create_task(cluster.request("b", "GET", f"/v1/session/{token}"))
 
     def goes_on(member: Member) -> bool:
         return any(
@@ -399,18 +402,18 @@ async def test_a_killed_owner_s_session_goes_on_on_another_node_without_a_gap(
     owner, epoch = await cluster.until_lease(sid, "b", lambda lease: lease[0] != "a")
     assert owner in ("b", "c") and epoch == 2
 
-    # The message sent during the gap is placed once, or its sender was told it was not.
     def settled(member: Member) -> bool:
         return (
             "while the owner is dead" in member.contents("talker_message")
             or len(own_errors(member.events)) > refusals
         )
 
-    await talker.wait(settled, "the message sent during the gap to be placed or refused")
-    refused_in_gap = "while the owner is dead" not in talker.contents("talker_message")
-    if refused_in_gap:
-        print(f"the line sent during the gap was refused: {own_errors(talker.events)[-1]}")
-        said.remove("while the owner is dead")
+    await talker.wait(settled, "the line sent during the gap to be placed or refused")
+    assert "while the owner is dead" in talker.contents("talker_message"), (
+        f"the line sent during the gap was refused: {own_errors(talker.events)[-1]}"
+    )
+    answer = await status_in_gap
+    assert answer.status_code == 200, f"status asked during the gap: {answer.text}"
 
     await say("after the failover, one")
     await say("after the failover, two")
@@ -592,7 +595,9 @@ async def test_every_node_answers_commands_and_replays_like_the_owner(
     answered = await settled_answers(cluster, status_path)
     status_code, status = same_everywhere(answered)
     assert status_code == 200 and status["state"] == "active"
-    assert status["members"] == {"talkers": ["Dana"], "observers": 2}
+    # Talkers of every node are counted; observers only where the loop runs (the WS one
+    # on node a, not the SSE one on node b): docs/scale-out.md, "What is per node".
+    assert status["members"] == {"talkers": ["Dana"], "observers": 1}
     assert same_everywhere(await answers(cluster, "GET", history_path))[0] == 200
 
     # Pause on a node that does not own the session; refusals are those of one process.
@@ -744,8 +749,14 @@ async def test_a_rolling_restart_keeps_every_session_going_and_loses_nothing(
         check_positions(history)
         check_stored_seqs(stored)
         events = check_member(watcher, stored, history)
-        tombstones = [m["turn"] for m in history if m["status"] == "failed"]
-        assert len(tombstones) <= handovers[number], (tombstones, handovers)
+        # A reply cut by a stop of its owner is a tombstone, announced by an `error`
+        # event; so may be the last position, a reply the DELETE cut.
+        tombstones = [m["turn"] for m in history[:-1] if m["status"] == "failed"]
+        assert len(tombstones) <= handovers[number], (tombstones, handovers, len(history))
         announced = {e["turn"] for e in events if e["type"] == "error" and "turn" in e}
         assert set(tombstones) <= announced, (tombstones, announced)
+        print(
+            f"session {number}: {len(history)} positions, tombstones {tombstones}, last "
+            f"{history[-1]['status']}; its owner stopped {handovers[number]} times"
+        )
         assert len(watcher.links) > 1  # its node was stopped under it at least once
