@@ -102,6 +102,7 @@ class TaggingBackend:
             self.held_content = content
             self.held.set()
             await self._release.wait()
+            return MockReply(content=content)  # it has waited long enough
         return MockReply(content=content, delay_ms=REPLY_DELAY_MS)
 
 
