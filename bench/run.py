@@ -34,6 +34,7 @@ from bench import cluster, fanout, history, overhead, restart, services, session
 from bench.cluster import ClusterResult
 from bench.fanout import FanoutResult
 from bench.history import HistoryResult
+from bench.load import LoadResult
 from bench.overhead import OverheadResult
 from bench.procs import REPO, raise_nofile
 from bench.restart import RestartResult
@@ -338,6 +339,21 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _loss_rows(load: LoadResult) -> list[tuple[str, str, str, str]]:
+    """The rows of a fan-out's losses: events lost, and streams that closed early."""
+    rows = [
+        (
+            "",
+            "events lost (observers that saw session_end)",
+            f"{load.events_lost} ({load.completed}/{load.observers})",
+            "0",
+        )
+    ]
+    if load.close_reasons:
+        rows.append(("", "streams closed early", _reasons(load.close_reasons), ""))
+    return rows
+
+
 def _reasons(reasons: dict[str, int]) -> str:
     return ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
 
@@ -390,17 +406,7 @@ def _cluster_rows(c: ClusterResult) -> list[tuple[str, str, str, str]]:
                 "",
             ),
             ("", "delay ms p50, p99: owner node / other node", by_server, ""),
-            (
-                "",
-                "events lost (observers that saw session_end)",
-                f"{f.load.events_lost} ({f.load.completed}/{f.load.observers})",
-                "0",
-            ),
-            *(
-                [("", "streams closed early", _reasons(f.load.close_reasons), "")]
-                if f.load.close_reasons
-                else []
-            ),
+            *_loss_rows(f.load),
             (
                 "",
                 "connect all + arrival notices, s / server CPU % (all nodes)",
@@ -479,17 +485,7 @@ def table(results: Results) -> str:
                 f"{_f(d.p50)} / {_f(d.p99)} / {_f(d.max)}",
                 target,
             ),
-            (
-                "",
-                "events lost (observers that saw session_end)",
-                f"{f.load.events_lost} ({f.load.completed}/{f.load.observers})",
-                "0",
-            ),
-            *(
-                [("", "streams closed early", _reasons(f.load.close_reasons), "")]
-                if f.load.close_reasons
-                else []
-            ),
+            *_loss_rows(f.load),
             (
                 "",
                 "server CPU % / RSS MiB (idle, connected, peak)",

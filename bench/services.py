@@ -15,10 +15,11 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import redis.asyncio as aioredis
+
+from server.cli.services import with_query
 
 POSTGRES_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL: Final = "redis://127.0.0.1:6379/0"
@@ -48,14 +49,6 @@ class Backing:
             "redis_url": self.redis_url,
             "redis_prefix": self.redis_prefix,
         }
-
-
-def with_query(url: str, **params: str) -> str:
-    """`url` with `params` added to its query (replacing ones of the same name)."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    query.update(params)
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 async def server_setting(postgres_url: str, name: str) -> str:

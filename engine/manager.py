@@ -23,13 +23,13 @@ from pydantic import BaseModel, Field, JsonValue, TypeAdapter
 from engine.auth import mint_token, token_hash
 from engine.checks import InputChecks
 from engine.clock import Clock, SystemClock
-from engine.cluster.bus import Command, CommandKind
-from engine.cluster.node import TRANSIENT_PROBLEMS, ClusterNode, RemoteHandle
+from engine.cluster.bus import CommandKind
+from engine.cluster.node import ClusterNode, RemoteHandle
+from engine.cluster.owner import Ownership
 from engine.config import Settings
 from engine.errors import (
     FellowshipError,
     NotFound,
-    NotOwner,
     ObserverToken,
     SecretKeyMissing,
     StorageFailure,
@@ -39,8 +39,7 @@ from engine.events import MemberRole, SessionPaused
 from engine.fork import DEFAULT_FORK_START, ForkPlan, ForkStart, plan_fork, resume_point
 from engine.history import History, Message
 from engine.housekeeping import HOUSEKEEPING_INTERVAL, Housekeeper
-from engine.hub import CLOSE_LEFT, CLOSE_RECONNECT, CLOSE_SHUTDOWN, HubFactory, local_hub
-from engine.hub.redis import RedisHub
+from engine.hub import CLOSE_LEFT, CLOSE_SHUTDOWN, HubFactory, local_hub
 from engine.llm.client import Backend, LLMClient, named_backend
 from engine.llm.protocol import ChatClient
 from engine.loop import SessionLoop
@@ -58,7 +57,7 @@ from engine.status import (
     SessionStatus,
     TokenReport,
 )
-from engine.store.base import SessionRecord, StorageError, Store
+from engine.store.base import SessionRecord, Store
 from engine.store.in_memory import MemoryStore
 from engine.store.secrets import SecretBox, seal_secrets, seal_stored
 from engine.store.timed import TimedStore
@@ -124,11 +123,17 @@ class SessionManager:
         self.metrics = metrics or PrometheusMetrics()
         timed = TimedStore(store or MemoryStore(), self.metrics)
         clock = clock or SystemClock()
+        self._sessions = SessionRegistry()
+        self._background: set[asyncio.Task[None]] = set()
         self.cluster: ClusterNode | None = None
+        self._ownership: Ownership | None = None
         if settings.cluster_mode:
+            self._ownership = owner = Ownership(
+                self, self._sessions, self._adopt, self._in_background
+            )
             self.cluster = ClusterNode(
                 settings, timed, clock, self.metrics,
-                on_command=self._command, on_taken=self._take_over, on_lost=self._lose,
+                on_command=owner.run, on_taken=owner.take_over, on_lost=owner.lose,
             )  # fmt: skip
             hubs = self.cluster.events.owner
         self.deps = EngineDeps(
@@ -142,9 +147,7 @@ class SessionManager:
         )
         self.secret_box = secret_box or _secret_box(settings, self.deps.store)
         self.checks = InputChecks(settings)
-        self._sessions = SessionRegistry()
         self._housekeeper = Housekeeper(self.deps, self._sessions, interval=housekeeping_interval)
-        self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         self.metrics.watch(self.live_state)
 
@@ -356,7 +359,9 @@ class SessionManager:
             summarizer=summarize if options.summarize_context else None,
             on_end=self._session_ended,
             restored=restored,
-            gives_up=None if self.cluster is None else partial(self._give_up, session.id),
+            gives_up=None if self._ownership is None else partial(
+                self._ownership.give_up, session.id
+            ),
         )
         self._sessions.add(loop)
         return loop
@@ -657,115 +662,6 @@ class SessionManager:
     ) -> JsonValue:
         assert self.cluster is not None
         return await self.cluster.forward(handle, kind, payload)
-
-    async def _command(self, command: Command) -> JsonValue:
-        """Run a request another node forwarded for a session this node runs (the node
-        that forwarded it checked the token's access)."""
-        loop = self._sessions.get(command.session)
-        owned = self.cluster is not None and self.cluster.keeper.epoch_of(command.session)
-        if loop is None or (loop.loop_state != "ended" and not owned):
-            raise NotOwner(f"session {command.session} runs on another node")
-        handle = Handle(loop.session, loop, "full")
-        payload = command.payload
-        match command.kind:
-            case "status":
-                return self.status(handle).model_dump(mode="json")
-            case "history":
-                return [m.model_dump(mode="json") for m in self.history(handle)]
-            case "transcript":
-                format = payload.get("format")
-                done = self.transcript(handle, format if isinstance(format, str) else None)
-                return {"body": done.body, "media_type": done.media_type,
-                        "filename": done.filename}  # fmt: skip
-            case "pause":
-                await self.pause(handle)
-            case "resume":
-                await self.resume(handle)
-            case "end" | "delete":
-                await self.end(handle)
-            case "fork":
-                overrides = payload.get("overrides")
-                start: ForkStart = "running" if payload.get("start") == "running" else "paused"
-                created = await self.fork(
-                    handle,
-                    int(str(payload["at_turn"])),
-                    overrides if isinstance(overrides, dict) else {},
-                    start,
-                )
-                return created.model_dump(mode="json")
-            case "talk":
-                member = loop.session.members.get(str(payload["member"])) or self._remote_talker(
-                    handle, payload
-                )
-                message = await self.post(handle, member, str(payload["content"]))
-                return message.model_dump(mode="json")
-            case "join":
-                self._remote_talker(handle, payload)
-            case "leave":
-                if (leaving := loop.session.members.get(str(payload["member"]))) is not None:
-                    loop.session.leave(leaving)
-            case "touch":
-                loop.session.touch()
-        return None
-
-    @staticmethod
-    def _remote_talker(handle: Handle, payload: Mapping[str, JsonValue]) -> Member:
-        """A talker connected to another node, counted here (and announced) as a member."""
-        name = payload.get("name")
-        return handle.session.join(
-            "talker", name if isinstance(name, str) else None, None,
-            remote_id=str(payload["member"]),
-        )  # fmt: skip
-
-    async def _take_over(self, session_id: str, epoch: int) -> None:
-        """This node took the session's lease: run it from the store, with the members
-        it followed it for, who go on without a gap."""
-        assert self.cluster is not None
-        follower = self.cluster.unfollow(session_id)
-        if follower is not None:
-            await follower.catch_up()
-            self.cluster.events.unregister(follower)
-        stale = self._sessions.get(session_id)
-        if stale is not None:  # run here before, lost since, taken again now
-            self._sessions.forget(session_id)
-        stored = await self.deps.store.load_session(session_id)
-        if stored is None or stored.record.state == "ended":
-            await self.cluster.release(session_id)
-            return
-
-        def keep_members(session: Session) -> None:
-            if follower is not None and isinstance(session.hub, RedisHub):
-                session.hub.adopt(follower.hand_over())
-
-        await restore_session(
-            stored, self.deps, self.secret_box, self._adopt,
-            taken_over=True, before_start=keep_members,
-        )  # fmt: skip
-
-    async def _lose(self, session_id: str) -> None:
-        """This node lost the session's lease: stop its loop without writing; members
-        here reconnect (to any node) and go on where they were."""
-        loop = self._sessions.get(session_id)
-        if loop is None or loop.loop_state == "ended":
-            return
-        self._sessions.forget(session_id)
-        await loop.stop()
-        loop.session.hub.close(CLOSE_RECONNECT)
-
-    def _give_up(self, session_id: str, error: StorageError) -> bool:
-        """A write of a session failed because the store cannot be reached: rather than
-        end it (which could not be stored either), let it go, as if the lease were lost;
-        a node takes it over from the store once the store answers."""
-        if error.problem not in TRANSIENT_PROBLEMS:
-            return False
-        assert self.cluster is not None
-        self._in_background(self._let_go(session_id), f"let-go-{session_id}")
-        return True
-
-    async def _let_go(self, session_id: str) -> None:
-        assert self.cluster is not None
-        await self._lose(session_id)
-        await self.cluster.release(session_id)
 
     # --- secrets at rest ----------
     def _storage_json(self, spec: SessionSpec, session_id: str) -> str:
