@@ -157,10 +157,13 @@ class ClusterNode:
 
         While nobody holds the session's lease, or its holder does not answer, the
         request waits and tries again (under one command id, so a talker message is
-        placed once) for up to a lease and `TRIES_PAST_LEASE` seconds.
+        placed once) for up to a lease (or a reply timeout, if longer) and
+        `TRIES_PAST_LEASE` seconds.
         """
         command_id = secrets.token_hex(16)
-        deadline = self._clock.monotonic() + self.settings.lease_seconds + TRIES_PAST_LEASE
+        # One try at a dead owner lasts a reply timeout, which may exceed a short lease.
+        patience = max(self.settings.lease_seconds, self.bus.reply_timeout) + TRIES_PAST_LEASE
+        deadline = self._clock.monotonic() + patience
         while True:
             try:
                 owner = await self.store.lease_owner(handle.session_id)
