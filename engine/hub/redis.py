@@ -377,6 +377,9 @@ class RedisHub(LocalHub):
         self._published_upto = options.first_seq  # the last stored seq sent to the stream
         self._announce_end = True
         self._end_sent = False
+        # Whether this hub delivered anything itself: a copy of an ended session read
+        # back from the store (to answer a request) has nothing to announce.
+        self._delivered = False
         super().__init__(
             buffer_size=options.buffer_size,
             member_queue_size=options.member_queue_size,
@@ -393,6 +396,7 @@ class RedisHub(LocalHub):
 
     def _deliver(self, frames: list[Frame]) -> None:
         super()._deliver(frames)
+        self._delivered = True
         if self._store is None:
             self._stored_upto = frames[-1].seq  # nothing is stored: everything counts
         # Frames the store refused have numbers at or below what it took next: skipped.
@@ -426,7 +430,7 @@ class RedisHub(LocalHub):
 
     def _close_members(self) -> None:
         super()._close_members()
-        if self._announce_end and not self._end_sent:
+        if self._announce_end and self._delivered and not self._end_sent:
             self._end_sent = True
             self._events.append_end(
                 self.stream_key, self._published_upto, self._close_reason,

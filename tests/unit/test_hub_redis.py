@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -251,6 +252,27 @@ async def test_a_node_that_stops_does_not_end_the_session_elsewhere(
     await until(lambda: follower.durable_seq == 1)
     await asyncio.sleep(0.1)
     assert not sub.closed
+
+
+async def test_a_copy_of_an_ended_session_read_back_announces_nothing(
+    cluster: Cluster, nodes: Nodes, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = await nodes(), await nodes()
+    owner = a.owner(cluster.options())
+    await say(owner, 1)
+    owner.close()
+    await owner.flushed()
+    await a.published()
+    before = await a.entries(SID)
+    # Another node reads the ended session back to answer a request, then closes it.
+    copy = b.owner(cluster.options())
+    copy.restore(await cluster.load(0), 1)
+    with caplog.at_level(logging.DEBUG, logger="fellowship.hub"):
+        copy.close()
+        await b.published()
+    assert await b.entries(SID) == before
+    # Not even an attempt (Redis would refuse it, and the refusal is a warning).
+    assert not [r for r in caplog.records if "-1 of" in r.getMessage()]
 
 
 # --- what goes missing, and how it comes back ---------------------------------------------------
