@@ -80,7 +80,8 @@ ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     "(`rate_limited`, with `Retry-After`).",
     500: "A bug: the server log has the details, the answer does not (`internal`).",
     503: "The server is shutting down, or a dependency is unavailable (`shutting_down`, "
-    "`unavailable`).",
+    "`unavailable`); in cluster mode also when no node answers for the session in time "
+    "(`owner_unreachable`): try again.",
 }
 # The guard in `server.app` refuses any `/v1` request during shutdown or over the rate
 # limit, before the route runs; and any route can fail with a bug.
