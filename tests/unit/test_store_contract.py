@@ -367,6 +367,20 @@ async def test_load_all_returns_each_session_with_its_history_summary_and_memory
     assert every[2].messages == [message(1)]
 
 
+async def test_events_loaded_in_bulk_are_those_load_events_gives(store: Store) -> None:
+    await with_session(store, "a")
+    await with_session(store, "done", state="ended", ended_at=T0, end_reason="max_time")
+    for session_id in ("a", "done"):
+        await store.save_events(
+            session_id,
+            [EventRecord(seq=seq, type="t", data=f"{session_id}{seq}") for seq in (2, 1)],
+        )
+    for include_ended in (False, True):
+        for stored in await store.load_all(include_ended=include_ended):
+            if stored.events is not None:  # a store may leave them to load_events
+                assert stored.events == await store.load_events(stored.record.id)
+
+
 # --- secrets ----------
 async def test_the_spec_is_stored_whole_but_never_shown_in_a_record_listing(
     store: Store,
