@@ -56,8 +56,15 @@ T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL"]
 Work = Callable[[sqlite3.Connection], T]
 """What runs on the SQLite thread: statements on the connection, and their answer."""
-Kind = Literal["read", "write", "alone"]
-"""A read; a write (one transaction, possibly shared); or work that may not run in one."""
+Kind = Literal["read", "write", "own"]
+"""How work runs on the SQLite thread.
+
+`read`: outside any transaction (reads, and VACUUM, which may not run in one).
+`write`: all or nothing; it may share a transaction with the writes queued beside it,
+and runs again alone if that shared one fails, so it must do nothing outside the
+database. `own`: all or nothing in a transaction of its own, run once (work that calls
+back into the caller's code).
+"""
 
 _DEFAULTS = Settings.model_fields
 # The file holds every conversation, and specs with their API keys (encrypted): only its
@@ -448,9 +455,10 @@ class SqliteStore(Store):
                 jobs, self._queue = self._queue, []
                 try:
                     outcomes = await _on_thread(conn, partial(_run_on_thread, jobs))
-                except ValueError:  # aiosqlite's "Connection closed"
-                    closed = self._error("closed", "the database connection is closed")
-                    outcomes = [_Failed(closed)] * len(jobs)
+                except Exception as exc:  # the hop itself failed: the connection is gone
+                    if isinstance(exc, ValueError):  # aiosqlite's "Connection closed"
+                        exc = self._error("closed", "the database connection is closed")
+                    outcomes = [_Failed(exc)] * len(jobs)
                 for job, outcome in zip(jobs, outcomes, strict=True):
                     self._answer(job, outcome)
         finally:
@@ -503,9 +511,10 @@ class SqliteStore(Store):
                     changed.append(str(session_id))
             return changed
 
-        changed = await self._write(work)
+        # `rewrite` notes what it did: it must run exactly once.
+        changed = await self._submit(work, kind="own", session_id=None)
         if changed:
-            await self._submit(self._wipe_free_space, kind="alone", session_id=None)
+            await self._read(self._wipe_free_space)
         return changed
 
     def _wipe_free_space(self, db: sqlite3.Connection) -> None:
@@ -701,7 +710,7 @@ def _run_on_thread(jobs: list[_Job[Any]], db: sqlite3.Connection) -> list[object
             continue
         outcomes += _commit_together(db, writes)
         writes = []
-        outcomes.append(_attempt(db, job, in_transaction=False))
+        outcomes.append(_attempt(db, job, in_transaction=job.kind == "own"))
     outcomes += _commit_together(db, writes)
     return outcomes
 
