@@ -97,7 +97,9 @@ async def restore_session(
     )
     if stored.summary is not None:
         restore_summary(session, *stored.summary)
-    events = await deps.store.load_events(session.id)
+    events = (
+        stored.events if stored.events is not None else await deps.store.load_events(session.id)
+    )
     session.hub.restore([Frame(e.seq, e.type, e.data) for e in events], record.last_seq)
     if before_start is not None:
         before_start(session)

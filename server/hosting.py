@@ -16,6 +16,7 @@ masks session tokens in paths, because a token in a log file is a leaked token.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -40,6 +41,12 @@ EXIT_FORCED: Final = 130  # as for a shell interrupted by Ctrl-C
 ACCESS_LOGGER: Final = "fellowship.access"
 # Client address, request line (path masked), status, body bytes, duration in microseconds.
 ACCESS_LOG_FORMAT: Final = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+GC_THRESHOLDS: Final = (7000, 10, 10)
+"""The cyclic collector's thresholds once serving (CPython's default is 700, 10, 10).
+
+A turn allocates thousands of short-lived objects: with ten times the room between
+young collections, full collections come ten times less often.
+"""
 
 
 class TokenPathFilter(logging.Filter):
@@ -129,6 +136,7 @@ def run(settings: Settings, *, mock: bool = False, display: DisplayCallback | No
         async with open_default_backend(settings, mock=mock, display=display) as backend:
             _announce(backend.board.snapshot())
             app = create_app(backend.settings, backend=backend.board)
+            app.before_serving(settle_collector)  # after the engine's start-up, as added later
             await serve(app, backend.settings, shutdown=shutdown)
 
     try:
@@ -138,6 +146,17 @@ def run(settings: Settings, *, mock: bool = False, display: DisplayCallback | No
         return 1
     log.info("server stopped")
     return 0
+
+
+async def settle_collector() -> None:
+    """Tune the cyclic garbage collector for serving, once start-up is done.
+
+    What exists by then (modules, the engine, every restored session with its history
+    and events) lives as long as the process. Frozen, it is no longer walked by every
+    full collection, whose pauses grow with it (up to 100 ms with a hundred sessions).
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _announce(status: BackendStatus) -> None:

@@ -63,6 +63,11 @@ class StoredSession(BaseModel):
         None, description="Latest summary: (position it covers up to, text)."
     )
     memory: str | None = Field(None, description="Memory the session left, if any.")
+    events: list[EventRecord] | None = Field(
+        None,
+        description="Stored events in order, when the store read them in bulk too "
+        "(None: ask `load_events`).",
+    )
 
 
 class LeaseInfo(BaseModel):

@@ -268,6 +268,17 @@ async def test_keep_last_prunes_all_but_the_newest_events(store: Store) -> None:
     assert [e.seq for e in await store.load_events("s1")] == [6, 7, 8]
 
 
+async def test_keep_last_counts_stored_events_not_seq_numbers(store: Store) -> None:
+    await with_session(store)
+    await store.save_events("s1", [EventRecord(seq=s, type="t", data="{}") for s in (1, 2)])
+    await store.save_events("s1", [EventRecord(seq=3, type="t", data="{}")], keep_last=3)
+    assert [e.seq for e in await store.load_events("s1")] == [1, 2, 3]
+    # Holes in the numbering (older files): still exactly the newest three.
+    await store.save_events("s1", [EventRecord(seq=s, type="t", data="{}") for s in (7, 9)])
+    await store.save_events("s1", [EventRecord(seq=10, type="t", data="{}")], keep_last=3)
+    assert [e.seq for e in await store.load_events("s1")] == [7, 9, 10]
+
+
 async def test_events_and_the_messages_they_announce_are_stored_together(store: Store) -> None:
     await with_session(store)
     await store.save_message("s1", message(1).model_copy(update={"status": "reserved"}))
@@ -365,6 +376,20 @@ async def test_load_all_returns_each_session_with_its_history_summary_and_memory
     every = await store.load_all(include_ended=True)
     assert [s.record.id for s in every] == ["a", "b", "done"]
     assert every[2].messages == [message(1)]
+
+
+async def test_events_loaded_in_bulk_are_those_load_events_gives(store: Store) -> None:
+    await with_session(store, "a")
+    await with_session(store, "done", state="ended", ended_at=T0, end_reason="max_time")
+    for session_id in ("a", "done"):
+        await store.save_events(
+            session_id,
+            [EventRecord(seq=seq, type="t", data=f"{session_id}{seq}") for seq in (2, 1)],
+        )
+    for include_ended in (False, True):
+        for stored in await store.load_all(include_ended=include_ended):
+            if stored.events is not None:  # a store may leave them to load_events
+                assert stored.events == await store.load_events(stored.record.id)
 
 
 # --- secrets ----------
