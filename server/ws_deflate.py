@@ -34,8 +34,9 @@ log = logging.getLogger("fellowship.ws")
 
 SHARED_MESSAGES: Final = 256
 """Compressed messages kept for reuse: many times the events a burst brings."""
-SHARED_MAX_BYTES: Final = 64 * 1024
-"""Larger messages (a long `history`, one per member anyway) are not kept."""
+SHARED_MAX_BYTES: Final = 16 * 1024
+"""Larger messages (a long `history`, one per member anyway) are not kept: the cache
+holds at most SHARED_MESSAGES times 16 KiB of events and their compressed bytes."""
 _SYNC_TAIL: Final = 4  # the 00 00 ff ff a sync flush ends with; RFC 7692 drops it
 
 
