@@ -32,6 +32,7 @@ from engine.config import Settings, planned_settings
 from engine.default_backend import open_default_backend
 from engine.embedded.backend import DisplayCallback
 from engine.logs import setup_logging
+from server import ws_deflate
 from server.app import create_app, mask_path
 from server.state import EXTENSION_KEY, ServerState
 
@@ -102,6 +103,7 @@ async def serve(
 ) -> None:
     """Serve `app` until `shutdown` is set, then shut down gracefully."""
     state: ServerState = app.extensions[EXTENSION_KEY]
+    ws_deflate.install()  # one compression per event for every WebSocket observer
 
     async def trigger() -> None:
         await shutdown.wait()

@@ -322,3 +322,21 @@ async def test_the_server_waits_for_the_clients_close_frame_before_dropping_the_
         writer.write(ws.send(received[-1].response()))
         assert await asyncio.wait_for(reader.read(), WAIT_SECONDS) == b""
         writer.close()
+
+
+async def test_the_server_compresses_each_message_on_its_own_for_a_browser_like_client(
+    server: RunningServer, client: httpx.AsyncClient, members: list[WsMember]
+) -> None:
+    # websockets offers permessage-deflate as browsers do; the server's answer shows that
+    # Hypercorn negotiated our extension (server/ws_deflate.py), which a Hypercorn upgrade
+    # could silently undo.
+    created = await create_session(client, participation="reactive")
+    talker = await ws_join(server, created["token"], role="talker", name="Dana")
+    members.append(talker)
+    assert talker.ws.response is not None
+    extensions = talker.ws.response.headers["Sec-WebSocket-Extensions"]
+    assert extensions.startswith("permessage-deflate")
+    assert "server_no_context_takeover" in extensions
+    await talker.say("hello")
+    [reply] = await talker.wait_type("bot_message")
+    assert reply["bot"] == "Alice"
