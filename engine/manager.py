@@ -125,6 +125,7 @@ class SessionManager:
         clock = clock or SystemClock()
         self._sessions = SessionRegistry()
         self._background: set[asyncio.Task[None]] = set()
+        self._reading: dict[str, asyncio.Task[None]] = {}  # ended sessions being read back
         self.cluster: ClusterNode | None = None
         self._ownership: Ownership | None = None
         if settings.cluster_mode:
@@ -156,12 +157,12 @@ class SessionManager:
         """Open the store, bring back stored sessions, start housekeeping."""
         await self.deps.store.open()
         await seal_stored(self.deps.store, self.secret_box, SECRET_FIELDS)
+        # Ended sessions are read back from the store when a token asks for one (`find`).
         if self.cluster is None:
             await restore_all(self.deps, self.secret_box, self._adopt)
         else:
             # A node runs what it creates and what it takes over (expired leases, e.g.
-            # every live session after the whole cluster stopped); ended sessions are
-            # read from the store when asked for.
+            # every live session after the whole cluster stopped).
             await self.cluster.start()
         self._housekeeper.start()
 
@@ -411,23 +412,40 @@ class SessionManager:
         return self._sessions.open(token)
 
     async def find(self, token: str) -> Opened:
-        """The session a token opens: as `open`, and in cluster mode also one that another
-        node runs (a `RemoteHandle`) or that ended there (read here from the store)."""
+        """The session a token opens: as `open`, and also an ended session not read back
+        since the start (read now from the store, and kept) and, in cluster mode, a
+        session another node runs (a `RemoteHandle`)."""
         try:
             return self._sessions.open(token)
         except NotFound:
-            if self.cluster is None:
-                raise
+            pass
         found = await self.deps.store.find_by_token_hash(token_hash(token))
         if found is None:
             raise NotFound("no session for this token")
         record, full = found
         if record.state != "ended":
+            if self.cluster is None:  # one process runs every live session it has
+                raise NotFound("no session for this token")
             return RemoteHandle(record, "full" if full else "observer")
-        stored = await self.deps.store.load_session(record.id)
-        if stored is not None and not self._sessions.holds(record.id):
-            await restore_session(stored, self.deps, self.secret_box, self._adopt)
+        await self._read_back(record.id)
         return self._sessions.open(token)
+
+    async def _read_back(self, session_id: str) -> None:
+        """Bring an ended session back from the store, once however many ask at once."""
+        if self._sessions.holds(session_id):
+            return
+        task = self._reading.get(session_id)
+        if task is None:
+
+            async def read() -> None:
+                stored = await self.deps.store.load_session(session_id)
+                if stored is not None and not self._sessions.holds(session_id):
+                    await restore_session(stored, self.deps, self.secret_box, self._adopt)
+
+            task = asyncio.create_task(read(), name=f"read-back-{session_id}")
+            self._reading[session_id] = task
+            task.add_done_callback(lambda _: self._reading.pop(session_id, None))
+        await asyncio.shield(task)
 
     @staticmethod
     def require_full(handle: Opened) -> None:

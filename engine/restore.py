@@ -1,7 +1,8 @@
 """Bringing stored sessions back when the engine starts (SPEC: restart behaviour).
 
 Ended sessions come back readable (history, status, replay) until their retention
-passes. Live ones come back paused, with the reason `server_restart`: a reply that
+passes, each read from the store when a token first asks for it. Live ones come back
+paused, with the reason `server_restart`: a reply that
 was being generated when the process stopped becomes a tombstone, placed by the
 Rectifier and announced by an `error` event like any other failed turn. Every event
 anyone was shown is in the store, so numbering goes on from the last stored event
@@ -37,14 +38,17 @@ Adopt = Callable[[Session, Restored | None], SessionLoop]
 
 
 async def restore_all(deps: EngineDeps, secret_box: SecretBox, adopt: Adopt) -> None:
-    """Bring back every stored session; one that cannot be restored is logged and skipped."""
+    """Bring back every live stored session; one that cannot be restored is logged and
+    skipped. Ended ones stay in the store until a token asks for one
+    (`SessionManager.find` reads it back then): most stored sessions are ended, and
+    nothing of them is needed to start serving."""
     # Restoring creates a great many objects that live on (every message, every
     # buffered event): the cyclic collector would walk them again and again while
     # they are made. It is paused until they are all in place.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for stored in await deps.store.load_all(include_ended=True):
+        for stored in await deps.store.load_all(include_ended=False):
             try:
                 await restore_session(stored, deps, secret_box, adopt)
             except Exception:

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from engine.errors import NotFound
 from engine.llm.mock import MockLLM, MockReply
-from engine.manager import SessionManager
+from engine.manager import Handle, SessionManager
 from engine.store.sqlite import SqliteStore
 from tests.support.engine import WAIT_SECONDS, make_settings, spec, watch
 
@@ -64,7 +65,11 @@ async def test_an_ended_session_stays_readable_after_a_restart(
     await first.close()
     second = await start_manager(tmp_path, mock)
     try:
-        handle = second.open(created.observer_token)
+        # Read back from the store when first asked for, not at start-up.
+        with pytest.raises(NotFound):
+            second.open(created.observer_token)
+        handle = await second.find(created.observer_token)
+        assert isinstance(handle, Handle)
         assert second.status(handle).end_reason == "max_turns"
         assert len(second.history(handle)) == 2
         replay = watch(second, handle)
