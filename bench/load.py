@@ -382,15 +382,19 @@ async def _open(
     return observer
 
 
-async def _counted(observers: list[Observer]) -> None:
-    """Wait until every open stream was told that every connected observer is there.
+async def _counted(observers: list[Observer], owner: str) -> None:
+    """Wait until every open stream was told that every observer connected to the node
+    that runs the session (`owner`, host:port) is there.
 
     Observers are not announced one by one: the server sends a coalesced `presence`
-    event (at most one a second) with the count, and each `history` carries it too.
+    event (at most one a second) with the count, and each `history` carries it too. A
+    node counts the members it holds, and only the node that runs the session publishes
+    events, so on a cluster the count is of the observers on that node.
     """
     while True:
         open_ = [o for o in observers if o.history_seq is not None and not o.done.is_set()]
-        if all(o.observers_told == len(open_) for o in open_):
+        on_owner = sum(1 for o in open_ if o.host == owner)
+        if all(o.observers_told == on_owner for o in open_):
             return
         # Polled: thousands of streams would each need a wake-up on every event otherwise.
         await asyncio.sleep(SETTLE_POLL_SECONDS)
@@ -447,7 +451,8 @@ async def run(base_urls: list[str], token: str, ws: int, sse: int, deadline: flo
         asyncio.gather(*(_open(loop, make, address, gate) for make, address in makers)),
         deadline,
     )
-    await asyncio.wait_for(_counted(observers), deadline)
+    owner = f"{addresses[0][0]}:{addresses[0][1]}"  # the first base URL runs the session
+    await asyncio.wait_for(_counted(observers, owner), deadline)
     await asyncio.wait_for(_settled(observers), deadline)
     connected = time.monotonic() - began
     print(f"{READY_LINE} {connected:.3f}", flush=True)

@@ -42,10 +42,11 @@ from engine.errors import (
     NotOwner,
     OwnerUnreachable,
 )
-from engine.events import HistoryEvent
+from engine.events import HistoryEvent, PresenceEvent
 from engine.hub import CLOSE_SHUTDOWN, Frame, HubOptions, Subscription
 from engine.hub.redis import FollowerHub, RedisEvents
 from engine.metrics import Metrics
+from engine.status import MemberCounts
 from engine.store.base import SessionRecord, StorageProblem, Store
 
 log = logging.getLogger("fellowship.cluster")
@@ -190,6 +191,12 @@ class ClusterNode:
             hub = await self._follower(handle.record)
         history = HistoryEvent(messages=messages, state=handle.record.state)
         history.seq, history.ts = seq, self._clock.now()
+        # Who is connected is told by the node that runs the session; its last word on
+        # it, as of the snapshot, is in the stream this node follows.
+        presence = hub.last_frame("presence", seq)
+        if presence is not None:
+            told = PresenceEvent.model_validate_json(presence.data)
+            history.presence = MemberCounts(talkers=told.talkers, observers=told.observers)
         return hub.subscribe_from(history, since)
 
     def unfollow(self, session_id: str) -> FollowerHub | None:

@@ -705,6 +705,13 @@ class FollowerHub(Hub):
         """Forget a member (called when its subscription closes)."""
         self._members.pop(sub.member_id, None)
 
+    def last_frame(self, type: str, upto: int) -> Frame | None:
+        """The newest frame of `type` with seq at most `upto` still in the buffer."""
+        for frame in reversed(self._buffer):
+            if frame.type == type and frame.seq <= upto:
+                return frame
+        return None
+
     def hand_over(self) -> list[Subscription]:
         """Give up this follower's members to the new owner (see `RedisEvents.promote`)."""
         for waiting in list(self._waiting):

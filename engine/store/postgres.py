@@ -40,6 +40,7 @@ import asyncpg
 
 from engine.config import Settings
 from engine.history import Message
+from engine.llm.limiter import FairLimiter
 from engine.llm.types import Usage
 from engine.store.base import (
     ClusterSnapshot,
@@ -428,6 +429,10 @@ class PostgresStore(Store):
         self.where = display_url(url)
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        # asyncpg's pool hands a freed connection to whoever asks next, so a session
+        # writing again at once takes it before those that waited: under load some
+        # sessions went twice as fast as others. Connections are handed out in order.
+        self._turns = FairLimiter(pool_size)
         self._open_lock = asyncio.Lock()
         # The call under way (or queued) last for each session, and every one under way.
         self._tails: dict[str, asyncio.Task[Any]] = {}
@@ -581,7 +586,7 @@ class PostgresStore(Store):
         if pool is None:
             raise self._error("closed", "the store is not open")
         try:
-            async with pool.acquire() as conn:
+            async with self._turns.slot(session_id), pool.acquire() as conn:
                 if not transaction:
                     return await work(conn)
                 async with conn.transaction():
