@@ -409,7 +409,7 @@ def _cluster_rows(c: ClusterResult) -> list[tuple[str, str, str, str]]:
             *_loss_rows(f.load),
             (
                 "",
-                "connect all + arrival notices, s / server CPU % (all nodes)",
+                "connect all + told the count, s / server CPU % (all nodes)",
                 f"{_f(f.load.connect_seconds)} / {_f(f.server_cpu_percent, 0)}",
                 "",
             ),
