@@ -58,6 +58,10 @@ class _Compressed:
                 self._kept.popitem(last=False)
         return found
 
+    def clear(self) -> None:
+        """Drop every kept message."""
+        self._kept.clear()
+
 
 def _deflate(data: bytes) -> bytes:
     compressor = zlib.compressobj(
@@ -67,6 +71,12 @@ def _deflate(data: bytes) -> bytes:
 
 
 _shared = _Compressed(SHARED_MESSAGES)
+
+
+def forget_shared() -> None:
+    """Drop the compressed messages kept for reuse (a leak check counts what is left:
+    the cache is bounded, and its filling up is not a leak)."""
+    _shared.clear()
 
 
 class SharedDeflate(PerMessageDeflate):
