@@ -62,6 +62,7 @@ from engine.llm.backend_replies import WireMessage, WireResponse
 from engine.llm.limiter import Limiter, LimiterFactory, local_limiter
 from engine.llm.payload import build_payload
 from engine.llm.stream import ThinkSplitter, ToolCallAssembler, split_think, sse_data
+from engine.llm.transport import lean_transport
 from engine.llm.types import ChatRequest, Completion, Usage
 from engine.llm.url_guard import check_backend_url, display_url, normalise_url
 from engine.logs import secret_filter
@@ -469,15 +470,15 @@ class LLMClient:
         http = self._http.get(backend.base_url)
         if http is None:
             settings = self._settings
+            # The limiter bounds calls in flight; the pool only keeps them warm.
+            limits = httpx.Limits(
+                max_connections=None, max_keepalive_connections=settings.llm_max_concurrency
+            )
             http = httpx.AsyncClient(
                 timeout=_http_timeout(settings, stream=False),
-                # The limiter bounds calls in flight; the pool only keeps them warm.
-                limits=httpx.Limits(
-                    max_connections=None,
-                    max_keepalive_connections=settings.llm_max_concurrency,
-                ),
+                limits=limits,
                 follow_redirects=False,  # a redirect must not lead around the SSRF guard
-                transport=self._transport,
+                transport=self._transport or lean_transport(limits),
             )
             self._http[backend.base_url] = http
         return http
