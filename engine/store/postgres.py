@@ -544,11 +544,15 @@ class PostgresStore(Store):
         session_id: str | None = None,
         after_all: bool = False,
         single: bool = False,
+        urgent: bool = False,
     ) -> T:
         """Run `work` on a pooled connection, in a transaction when it writes.
 
         `single`: `work` is one statement, a transaction of its own already (one round
-        trip rather than three, on the hot path of every turn).
+        trip rather than three, on the hot path of every turn). `urgent`: it takes the
+        next free connection instead of queueing behind the sessions' calls in order
+        (keeping the leases: a renewal that waits behind a thousand sessions' writes
+        could let every lease of the node expire).
 
         With `session_id`, it runs after the calls for that session made before it;
         with `after_all`, after every call under way. Shielded: a cancelled caller
@@ -559,7 +563,9 @@ class PostgresStore(Store):
             before.append(tail)
         if after_all:
             before.extend(self._running)
-        task = asyncio.ensure_future(self._after(before, work, write and not single, session_id))
+        task = asyncio.ensure_future(
+            self._after(before, work, write and not single, session_id, urgent)
+        )
         self._running.add(task)
         if session_id is not None:
             self._tails[session_id] = task
@@ -579,6 +585,7 @@ class PostgresStore(Store):
         work: Callable[[Connection], Awaitable[T]],
         transaction: bool,
         session_id: str | None,
+        urgent: bool,
     ) -> T:
         if before:
             await asyncio.wait(before)
@@ -586,7 +593,8 @@ class PostgresStore(Store):
         if pool is None:
             raise self._error("closed", "the store is not open")
         try:
-            async with self._turns.slot(session_id), pool.acquire() as conn:
+            turn = contextlib.nullcontext() if urgent else self._turns.slot(session_id)
+            async with turn, pool.acquire() as conn:
                 if not transaction:
                     return await work(conn)
                 async with conn.transaction():
@@ -662,7 +670,7 @@ class PostgresStore(Store):
             rows = await conn.fetch(_RENEW, self.node_id, float(seconds), ids, epochs)
             return {str(row[0]) for row in rows}
 
-        return await self._run(work, write=True, single=True)
+        return await self._run(work, write=True, single=True, urgent=True)
 
     async def release_leases(self, held: Mapping[str, int]) -> None:
         if not held:
@@ -697,7 +705,7 @@ class PostgresStore(Store):
         async def work(conn: Connection) -> None:
             await conn.execute(_HEARTBEAT, self.node_id, float(seconds), NODE_FORGET_SECONDS)
 
-        await self._run(work, write=True, single=True)
+        await self._run(work, write=True, single=True, urgent=True)
 
     async def leave_cluster(self, held: Mapping[str, int]) -> None:
         ids, epochs = list(held), [held[session_id] for session_id in held]

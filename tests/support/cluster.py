@@ -32,7 +32,7 @@ import httpx
 from engine.llm.mock import MockLLM, MockReply
 from engine.llm.mock.models import RecordedRequest
 from tests.support.engine import TEST_SECRET_KEY, WAIT_SECONDS
-from tests.support.served import REPO, read_port
+from tests.support.served import REPO, OnLoopback, read_port
 
 ADMIN_TOKEN: Final = "cluster-admin-token-of-the-tests-0123456789"
 POLL_SECONDS: Final = 0.02
@@ -107,7 +107,7 @@ class TaggingBackend:
 
 
 @dataclass
-class ClusterNode:
+class ClusterNode(OnLoopback):
     """One `fellowship serve` node of the cluster, which a test may kill, stop or freeze."""
 
     node_id: str
@@ -117,14 +117,6 @@ class ClusterNode:
     process: asyncio.subprocess.Process | None = None
     port: int = 0
     _drain: asyncio.Task[None] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:

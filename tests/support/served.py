@@ -26,14 +26,10 @@ POLL_SECONDS = 0.05
 """How often another process's state is asked for (there is no event to wait on)."""
 
 
-@dataclass
-class Served:
-    """A `fellowship serve` process and what it printed on stderr."""
+class OnLoopback:
+    """The addresses of a server listening on 127.0.0.1:`port`."""
 
-    process: asyncio.subprocess.Process
     port: int
-    lines: list[str]
-    reader: asyncio.Task[None] = field(init=False)
 
     @property
     def base_url(self) -> str:
@@ -42,6 +38,16 @@ class Served:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Served(OnLoopback):
+    """A `fellowship serve` process and what it printed on stderr."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    lines: list[str]
+    reader: asyncio.Task[None] = field(init=False)
 
     @property
     def output(self) -> str:

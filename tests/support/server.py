@@ -28,6 +28,7 @@ from server.app import create_app
 from server.hosting import serve
 from server.state import EXTENSION_KEY, ServerState
 from tests.support.engine import WAIT_SECONDS, make_settings
+from tests.support.served import OnLoopback
 
 SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"
 
@@ -45,7 +46,7 @@ def server_settings(tmp_path: Path, base_url: str, **overrides: Any) -> Settings
 
 
 @dataclass
-class RunningServer:
+class RunningServer(OnLoopback):
     """A Fellowship server running in this event loop."""
 
     app: Quart
@@ -53,14 +54,6 @@ class RunningServer:
     port: int
     shutdown: asyncio.Event
     task: asyncio.Task[None]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     @property
     def state(self) -> ServerState:
