@@ -175,8 +175,14 @@ class ClusterNode:
                 return await self.bus.send(
                     owner, handle.session_id, kind, payload, command_id=command_id
                 )
-            except _RETRIED:
+            except _RETRIED as exc:
                 if self._clock.monotonic() >= deadline:
+                    if isinstance(exc, NotOwner):
+                        # Taken over, and its new node still bringing it back: not the
+                        # client's mistake (409), a moment's unavailability.
+                        raise OwnerUnreachable(
+                            f"session {handle.session_id} is changing nodes; try again"
+                        ) from exc
                     raise
             await asyncio.sleep(OWNER_RETRY_SECONDS)
 

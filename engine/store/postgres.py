@@ -659,7 +659,7 @@ class PostgresStore(Store):
                 raise unknown_session(session_id, self.where) from exc
             return None if epoch is None else int(epoch)
 
-        return await self._run(work, write=True, single=True)
+        return await self._run(work, write=True, single=True, urgent=True)
 
     async def renew_leases(self, held: Mapping[str, int], seconds: float) -> set[str]:
         if not held:
@@ -680,7 +680,7 @@ class PostgresStore(Store):
         async def work(conn: Connection) -> None:
             await conn.execute(_RELEASE, self.node_id, ids, epochs)
 
-        await self._run(work, write=True, single=True)
+        await self._run(work, write=True, single=True, urgent=True)
 
     async def take_expired_leases(
         self, seconds: float, *, exclude: Sequence[str] = ()
@@ -689,7 +689,7 @@ class PostgresStore(Store):
             rows = await conn.fetch(_TAKE_EXPIRED, self.node_id, float(seconds), list(exclude))
             return {str(row[0]): int(row[1]) for row in rows}
 
-        return await self._run(work, write=True, single=True)
+        return await self._run(work, write=True, single=True, urgent=True)
 
     async def lease_owner(self, session_id: str) -> str | None:
         if self.fencing is None:
@@ -699,7 +699,7 @@ class PostgresStore(Store):
             owner = await conn.fetchval(_LEASE_OWNER, session_id)
             return None if owner is None else str(owner)
 
-        return await self._run(work, write=False)
+        return await self._run(work, write=False, urgent=True)
 
     async def heartbeat(self, seconds: float) -> None:
         async def work(conn: Connection) -> None:
@@ -715,7 +715,7 @@ class PostgresStore(Store):
                 await conn.execute(_RELEASE, self.node_id, ids, epochs)
             await conn.execute("DELETE FROM nodes WHERE node_id = $1", self.node_id)
 
-        await self._run(work, write=True)
+        await self._run(work, write=True, urgent=True)
 
     async def cluster_snapshot(self) -> ClusterSnapshot:
         if self.fencing is None:
