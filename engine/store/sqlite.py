@@ -1,17 +1,15 @@
 """The server's store: one SQLite file in WAL mode, through `aiosqlite`.
 
-One connection serves every call, on aiosqlite's one thread. Calls queue up in
-the order they were made and run there in that order, so writes land in order and
-a transaction never interleaves with another. Each write is all or nothing,
-committed before the call returns; a write is shielded from cancellation, so once
-asked for it commits or fails as a whole even if the task that asked is cancelled.
+One connection serves every call, behind one lock, so writes land in the order
+they were made and a transaction never interleaves with another. Each write is
+one transaction, committed before the call returns. A write is shielded from
+cancellation: once started it commits or rolls back as a whole, even if the
+task that asked for it is cancelled meanwhile.
 
-Handing work to that thread and back costs more than the statements themselves, so
-the work of a call runs there in one piece, and whatever queued up while the thread
-was busy goes over together: consecutive writes, of any sessions, share one
-transaction and one commit (group commit). Nobody is answered before that commit,
-so a caller that was told a write is done can count on it being on disk (as far as
-`synchronous` promises).
+Every statement is a round trip to aiosqlite's thread, which costs more than the
+statement itself. A write of a single statement (a message, the session row, the
+hot path of every turn) therefore runs without BEGIN/COMMIT: SQLite makes a lone
+statement its own transaction, all or nothing, committed when it returns.
 
 Every SQLite failure comes out as a `StorageError` that says what happened
 (read-only, disk full, not a database, damaged, locked) and which file.
@@ -26,12 +24,10 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
@@ -48,23 +44,12 @@ from engine.store.base import (
     StoredSession,
     unknown_session,
 )
-from engine.store.migrations import LATEST_VERSION, check_schema, migrate
+from engine.store.migrations import LATEST_VERSION, check_schema, migrate, transaction
 
 log = logging.getLogger("fellowship.store")
 
 T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL"]
-Work = Callable[[sqlite3.Connection], T]
-"""What runs on the SQLite thread: statements on the connection, and their answer."""
-Kind = Literal["read", "write", "own"]
-"""How work runs on the SQLite thread.
-
-`read`: outside any transaction (reads, and VACUUM, which may not run in one).
-`write`: all or nothing; it may share a transaction with the writes queued beside it,
-and runs again alone if that shared one fails, so it must do nothing outside the
-database. `own`: all or nothing in a transaction of its own, run once (work that calls
-back into the caller's code).
-"""
 
 _DEFAULTS = Settings.model_fields
 # The file holds every conversation, and specs with their API keys (encrypted): only its
@@ -165,12 +150,6 @@ _LIVE_SUMMARIES = """
     WHERE session_id IN (SELECT id FROM sessions WHERE state != 'ended')
 """
 _ALL_MEMORY = "SELECT session_id, text FROM memory"
-_ALL_EVENTS = "SELECT session_id, seq, type, data FROM events ORDER BY session_id, seq"
-_LIVE_EVENTS = """
-    SELECT session_id, seq, type, data FROM events
-    WHERE session_id IN (SELECT id FROM sessions WHERE state != 'ended')
-    ORDER BY session_id, seq
-"""
 _LIVE_MEMORY = """
     SELECT session_id, text FROM memory
     WHERE session_id IN (SELECT id FROM sessions WHERE state != 'ended')
@@ -282,13 +261,6 @@ def _parse_message(row: Sequence[Any]) -> Message:
     )
 
 
-def _event(row: Sequence[Any]) -> EventRecord:
-    try:
-        return EventRecord(seq=row[0], type=row[1], data=row[2])
-    except (ValueError, TypeError) as exc:
-        raise _BadRow(f"events row at seq {row[0]!r}") from exc
-
-
 def _create_private(path: Path) -> None:
     """Create the database file readable by its owner only (a no-op if it exists)."""
     with contextlib.suppress(FileExistsError):
@@ -313,9 +285,7 @@ class SqliteStore(Store):
         self.busy_timeout = busy_timeout
         self.quick_check = quick_check
         self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()  # opening and closing
-        self._queue: list[_Job[Any]] = []
-        self._runner: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqliteStore:
@@ -419,80 +389,64 @@ class SqliteStore(Store):
             conn, self._conn = self._conn, None
             if conn is None:
                 return
-            while (runner := self._runner) is not None:
-                await asyncio.shield(runner)  # what was queued still commits
             try:
                 await conn.close()
             except (sqlite3.Error, OSError) as exc:
                 raise self._translate(exc) from exc
 
     # --- the one way in ----------
-    def _submit(self, work: Work[T], *, kind: Kind, session_id: str | None) -> Awaitable[T]:
-        """Queue `work` for the SQLite thread; its answer comes once it is done (committed).
+    async def _run(
+        self,
+        work: Callable[[aiosqlite.Connection], Awaitable[T]],
+        *,
+        write: bool,
+        session_id: str | None = None,
+        single: bool = False,
+    ) -> T:
+        # Shielded: a cancelled caller must not leave a transaction half done.
+        # `single`: `work` is one statement, already a transaction of its own.
+        return await asyncio.shield(
+            self._guarded(work, write=write, session_id=session_id, single=single)
+        )
 
-        Shielded: a cancelled caller must not take a write back, nor leave one half done.
-        """
-        conn = self._conn
-        if conn is None:
-            raise self._error("closed", "the store is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(work, kind, session_id, future))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run_jobs(conn), name="sqlite-store")
-        return asyncio.shield(future)
-
-    async def _read(self, work: Work[T]) -> T:
-        return await self._submit(work, kind="read", session_id=None)
-
-    async def _write(self, work: Work[T], session_id: str | None = None) -> T:
-        return await self._submit(work, kind="write", session_id=session_id)
-
-    async def _run_jobs(self, conn: aiosqlite.Connection) -> None:
-        # What queued up while the thread was busy goes over in one hop, its writes
-        # committed together.
-        try:
-            while self._queue:
-                jobs, self._queue = self._queue, []
-                try:
-                    outcomes = await _on_thread(conn, partial(_run_on_thread, jobs))
-                except Exception as exc:  # the hop itself failed: the connection is gone
-                    if isinstance(exc, ValueError):  # aiosqlite's "Connection closed"
-                        exc = self._error("closed", "the database connection is closed")
-                    outcomes = [_Failed(exc)] * len(jobs)
-                for job, outcome in zip(jobs, outcomes, strict=True):
-                    self._answer(job, outcome)
-        finally:
-            self._runner = None
-
-    def _answer(self, job: _Job[Any], outcome: object) -> None:
-        if job.future.done():
-            return
-        if not isinstance(outcome, _Failed):
-            job.future.set_result(outcome)
-            return
-        exc = outcome.exc
-        if isinstance(exc, sqlite3.Error | OSError | _BadRow):
-            translated = self._translate(exc, job.session_id)
-            translated.__cause__ = exc
-            exc = translated
-        job.future.set_exception(exc)
+    async def _guarded(
+        self,
+        work: Callable[[aiosqlite.Connection], Awaitable[T]],
+        *,
+        write: bool,
+        session_id: str | None,
+        single: bool,
+    ) -> T:
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise self._error("closed", "the store is not open")
+            try:
+                if not write or single:
+                    return await work(conn)
+                async with transaction(conn):
+                    return await work(conn)
+            except (sqlite3.Error, OSError, _BadRow) as exc:
+                raise self._translate(exc, session_id) from exc
 
     # --- sessions ----------
     async def save_session(self, record: SessionRecord) -> None:
         # An upsert, never INSERT OR REPLACE: a replace deletes the row first,
         # and the cascade would take the session's history with it.
-        row = _session_row(record)
+        async def work(conn: aiosqlite.Connection) -> None:
+            await conn.execute_fetchall(_UPSERT_SESSION, _session_row(record))
 
-        def work(db: sqlite3.Connection) -> None:
-            db.execute(_UPSERT_SESSION, row)
-
-        await self._write(work)
+        await self._run(work, write=True, single=True)
 
     async def load_sessions(self, *, include_ended: bool) -> list[SessionRecord]:
-        def work(db: sqlite3.Connection) -> list[SessionRecord]:
-            return [_record(row) for row in _session_rows(db, include_ended)]
+        async def work(conn: aiosqlite.Connection) -> list[SessionRecord]:
+            return [_record(row) for row in await self._session_rows(conn, include_ended)]
 
-        return await self._read(work)
+        return await self._run(work, write=False)
+
+    @staticmethod
+    async def _session_rows(conn: aiosqlite.Connection, include_ended: bool) -> list[Sequence[Any]]:
+        return list(await conn.execute_fetchall(_ALL_SESSIONS if include_ended else _LIVE_SESSIONS))
 
     async def rewrite_specs(self, rewrite: SpecRewrite) -> list[str]:
         """Rewrite the specs in one transaction, then wipe every replaced copy from the files.
@@ -502,24 +456,23 @@ class SqliteStore(Store):
         file from the live rows only, and a truncating checkpoint moves it out of the WAL.
         """
 
-        def work(db: sqlite3.Connection) -> list[str]:
+        async def work(conn: aiosqlite.Connection) -> list[str]:
             changed: list[str] = []
-            for session_id, spec_json in db.execute(_ALL_SPECS).fetchall():
+            for session_id, spec_json in await conn.execute_fetchall(_ALL_SPECS):
                 text = rewrite(str(session_id), str(spec_json))
                 if text is not None and text != spec_json:
-                    db.execute(_UPDATE_SPEC, (text, session_id))
+                    await conn.execute_fetchall(_UPDATE_SPEC, (text, session_id))
                     changed.append(str(session_id))
             return changed
 
-        # `rewrite` notes what it did: it must run exactly once.
-        changed = await self._submit(work, kind="own", session_id=None)
+        changed = await self._run(work, write=True)
         if changed:
-            await self._read(self._wipe_free_space)
+            await self._run(self._wipe_free_space, write=False)
         return changed
 
-    def _wipe_free_space(self, db: sqlite3.Connection) -> None:
-        db.execute("VACUUM")
-        rows = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    async def _wipe_free_space(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute_fetchall("VACUUM")
+        rows = list(await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)"))
         if rows and rows[0][0]:
             raise self._error(
                 "locked",
@@ -529,84 +482,88 @@ class SqliteStore(Store):
             )
 
     async def find_by_token_hash(self, digest: str) -> tuple[SessionRecord, bool] | None:
-        def work(db: sqlite3.Connection) -> tuple[SessionRecord, bool] | None:
-            rows = db.execute(_SESSION_BY_DIGEST, (digest, digest)).fetchall()
+        async def work(conn: aiosqlite.Connection) -> tuple[SessionRecord, bool] | None:
+            rows = list(await conn.execute_fetchall(_SESSION_BY_DIGEST, (digest, digest)))
             if not rows:
                 return None
             first = min(rows, key=lambda row: (row[0], -row[1]))
             return _record(first[2:]), bool(first[1])
 
-        return await self._read(work)
+        return await self._run(work, write=False)
 
     async def delete_session(self, session_id: str) -> None:
-        def work(db: sqlite3.Connection) -> None:
+        async def work(conn: aiosqlite.Connection) -> None:
             # foreign_keys=ON: the cascade removes history, summary, memory and events.
-            db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            await conn.execute_fetchall("DELETE FROM sessions WHERE id = ?", (session_id,))
 
-        await self._write(work)
+        await self._run(work, write=True)
 
     async def expire_ended(self, before: datetime) -> list[str]:
-        def work(db: sqlite3.Connection) -> list[str]:
-            rows = db.execute(_EXPIRED, (_ts(before),)).fetchall()
-            db.execute(_DELETE_EXPIRED, (_ts(before),))
-            return [str(row[0]) for row in rows]
+        async def work(conn: aiosqlite.Connection) -> list[str]:
+            rows = await conn.execute_fetchall(_EXPIRED, (_ts(before),))
+            expired = [str(row[0]) for row in rows]
+            await conn.execute_fetchall(_DELETE_EXPIRED, (_ts(before),))
+            return expired
 
-        return await self._write(work)
+        return await self._run(work, write=True)
 
     # --- history ----------
     async def save_message(self, session_id: str, message: Message) -> None:
-        row = _message_row(session_id, message)
+        async def work(conn: aiosqlite.Connection) -> None:
+            await conn.execute_fetchall(_UPSERT_MESSAGE, _message_row(session_id, message))
 
-        def work(db: sqlite3.Connection) -> None:
-            db.execute(_UPSERT_MESSAGE, row)
-
-        await self._write(work, session_id)
+        await self._run(work, write=True, session_id=session_id, single=True)
 
     async def load_messages(self, session_id: str) -> list[Message]:
-        def work(db: sqlite3.Connection) -> list[Message]:
-            return [_message(row) for row in db.execute(_MESSAGES, (session_id,))]
+        async def work(conn: aiosqlite.Connection) -> list[Message]:
+            rows = await conn.execute_fetchall(_MESSAGES, (session_id,))
+            return [_message(row) for row in rows]
 
-        return await self._read(work)
+        return await self._run(work, write=False)
 
     # --- summaries and memory ----------
     async def save_summary(self, session_id: str, upto_turn: int, text: str) -> None:
-        def work(db: sqlite3.Connection) -> None:
-            db.execute(
+        async def work(conn: aiosqlite.Connection) -> None:
+            await conn.execute_fetchall(
                 "INSERT INTO summaries (session_id, upto_turn, text) VALUES (?, ?, ?) "
                 "ON CONFLICT (session_id) DO UPDATE SET upto_turn = excluded.upto_turn, "
                 "text = excluded.text",
                 (session_id, upto_turn, text),
             )
 
-        await self._write(work, session_id)
+        await self._run(work, write=True, session_id=session_id)
 
     async def load_summary(self, session_id: str) -> tuple[int, str] | None:
-        def work(db: sqlite3.Connection) -> tuple[int, str] | None:
-            row = db.execute(
-                "SELECT upto_turn, text FROM summaries WHERE session_id = ?", (session_id,)
-            ).fetchone()
-            return (int(row[0]), str(row[1])) if row else None
+        async def work(conn: aiosqlite.Connection) -> tuple[int, str] | None:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT upto_turn, text FROM summaries WHERE session_id = ?", (session_id,)
+                )
+            )
+            return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
-        return await self._read(work)
+        return await self._run(work, write=False)
 
     async def save_memory(self, session_id: str, text: str) -> None:
-        def work(db: sqlite3.Connection) -> None:
-            db.execute(
+        async def work(conn: aiosqlite.Connection) -> None:
+            await conn.execute_fetchall(
                 "INSERT INTO memory (session_id, text) VALUES (?, ?) "
                 "ON CONFLICT (session_id) DO UPDATE SET text = excluded.text",
                 (session_id, text),
             )
 
-        await self._write(work, session_id)
+        await self._run(work, write=True, session_id=session_id)
 
     async def load_memory(self, session_id: str) -> str | None:
-        def work(db: sqlite3.Connection) -> str | None:
-            row = db.execute(
-                "SELECT text FROM memory WHERE session_id = ?", (session_id,)
-            ).fetchone()
-            return str(row[0]) if row else None
+        async def work(conn: aiosqlite.Connection) -> str | None:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT text FROM memory WHERE session_id = ?", (session_id,)
+                )
+            )
+            return str(rows[0][0]) if rows else None
 
-        return await self._read(work)
+        return await self._run(work, write=False)
 
     # --- events ----------
     async def save_events(
@@ -617,148 +574,58 @@ class SqliteStore(Store):
         messages: Sequence[Message] = (),
         keep_last: int | None = None,
     ) -> None:
-        message_rows = [_message_row(session_id, message) for message in messages]
-        event_rows = [(e.seq, e.type, e.data) for e in events]
-        path = str(self.path)
-
-        def work(db: sqlite3.Connection) -> None:
-            # An empty batch inserts nothing the foreign key could refuse: look.
-            if not event_rows and not message_rows and not _known(db, session_id):
-                raise unknown_session(session_id, path)
-            for row in message_rows:
-                db.execute(_UPSERT_MESSAGE, row)
-            for start in range(0, len(event_rows), EVENT_ROWS_PER_STATEMENT):
-                chunk = event_rows[start : start + EVENT_ROWS_PER_STATEMENT]
+        async def work(conn: aiosqlite.Connection) -> None:
+            if not events and not messages:
+                # An empty batch inserts nothing the foreign key could refuse: look.
+                known = await conn.execute_fetchall(
+                    "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
+                )
+                if not list(known):
+                    raise unknown_session(session_id, str(self.path))
+            for message in messages:
+                await conn.execute_fetchall(_UPSERT_MESSAGE, _message_row(session_id, message))
+            for start in range(0, len(events), EVENT_ROWS_PER_STATEMENT):
+                chunk = events[start : start + EVENT_ROWS_PER_STATEMENT]
                 # Only the number of placeholder groups varies; every value is a parameter.
                 sql = _UPSERT_EVENTS.format(rows=", ".join([_EVENT_ROW] * len(chunk)))
-                db.execute(
-                    sql, [v for seq, kind, data in chunk for v in (session_id, seq, kind, data)]
-                )
+                values = [v for e in chunk for v in (session_id, e.seq, e.type, e.data)]
+                await conn.execute_fetchall(sql, values)
             if keep_last is not None:
-                db.execute(_PRUNE_EVENTS, (session_id, session_id, keep_last))
+                await conn.execute_fetchall(_PRUNE_EVENTS, (session_id, session_id, keep_last))
 
-        await self._write(work, session_id)
+        await self._run(work, write=True, session_id=session_id)
 
     async def load_events(self, session_id: str, *, after_seq: int = 0) -> list[EventRecord]:
-        def work(db: sqlite3.Connection) -> list[EventRecord]:
-            rows = db.execute(
+        async def work(conn: aiosqlite.Connection) -> list[EventRecord]:
+            rows = await conn.execute_fetchall(
                 "SELECT seq, type, data FROM events WHERE session_id = ? AND seq > ? ORDER BY seq",
                 (session_id, after_seq),
             )
             return [EventRecord(seq=row[0], type=row[1], data=row[2]) for row in rows]
 
-        return await self._read(work)
+        return await self._run(work, write=False)
 
     # --- start-up ----------
     async def load_all(self, *, include_ended: bool) -> list[StoredSession]:
-        """Every session with its history, summary, memory and events: one query per table."""
+        """Every session with its history, summary and memory: one query per table."""
 
-        def work(db: sqlite3.Connection) -> list[StoredSession]:
+        async def work(conn: aiosqlite.Connection) -> list[StoredSession]:
             stored = {
-                row[0]: StoredSession(record=_record(row), events=[])
-                for row in _session_rows(db, include_ended)
+                row[0]: StoredSession(record=_record(row))
+                for row in await self._session_rows(conn, include_ended)
             }
             messages = _ALL_MESSAGES if include_ended else _LIVE_MESSAGES
-            for row in db.execute(messages):
+            for row in await conn.execute_fetchall(messages):
                 if (target := stored.get(row[0])) is not None:
                     target.messages.append(_message(row[1:]))
             summaries = _ALL_SUMMARIES if include_ended else _LIVE_SUMMARIES
-            for row in db.execute(summaries):
+            for row in await conn.execute_fetchall(summaries):
                 if (target := stored.get(row[0])) is not None:
                     target.summary = (int(row[1]), str(row[2]))
             memory = _ALL_MEMORY if include_ended else _LIVE_MEMORY
-            for row in db.execute(memory):
+            for row in await conn.execute_fetchall(memory):
                 if (target := stored.get(row[0])) is not None:
                     target.memory = str(row[1])
-            events = _ALL_EVENTS if include_ended else _LIVE_EVENTS
-            for row in db.execute(events):
-                if (target := stored.get(row[0])) is not None and target.events is not None:
-                    target.events.append(_event(row[1:]))
             return list(stored.values())
 
-        return await self._read(work)
-
-
-# --- on the SQLite thread ----------
-@dataclass(slots=True)
-class _Job(Generic[T]):
-    work: Work[T]
-    kind: Kind
-    session_id: str | None
-    future: asyncio.Future[T]
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    exc: Exception
-
-
-async def _on_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    # aiosqlite hands each call to its one thread and back; this sends a whole batch in
-    # one such hop (aiosqlite has no public call for it; the version is pinned).
-    execute = cast(Callable[..., Awaitable[T]], conn._execute)
-    return await execute(fn, conn._conn)
-
-
-def _run_on_thread(jobs: list[_Job[Any]], db: sqlite3.Connection) -> list[object]:
-    """Run `jobs` in order; consecutive writes commit together. One outcome per job."""
-    outcomes: list[object] = []
-    writes: list[_Job[Any]] = []
-    for job in jobs:
-        if job.kind == "write":
-            writes.append(job)
-            continue
-        outcomes += _commit_together(db, writes)
-        writes = []
-        outcomes.append(_attempt(db, job, in_transaction=job.kind == "own"))
-    outcomes += _commit_together(db, writes)
-    return outcomes
-
-
-def _commit_together(db: sqlite3.Connection, writes: list[_Job[Any]]) -> list[object]:
-    """One transaction for all of `writes`; if any fails, each is tried on its own.
-
-    A write of one session must not fail because another's did (an unknown session, a
-    row too big), so a failed group is rolled back whole and its writes retried one by
-    one, each all or nothing, as if they had come alone. Failures are rare.
-    """
-    if len(writes) <= 1:
-        return [_attempt(db, job, in_transaction=True) for job in writes]
-    try:
-        with _transaction(db):
-            results: list[object] = [job.work(db) for job in writes]
-    except Exception:
-        return [_attempt(db, job, in_transaction=True) for job in writes]
-    return results
-
-
-def _attempt(db: sqlite3.Connection, job: _Job[Any], *, in_transaction: bool) -> object:
-    try:
-        if not in_transaction:
-            return job.work(db)
-        with _transaction(db):
-            return job.work(db)
-    except Exception as exc:
-        return _Failed(exc)
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException:
-        # SQLite may already have rolled back (a full disk does).
-        if db.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-        raise
-
-
-def _session_rows(db: sqlite3.Connection, include_ended: bool) -> list[Any]:
-    return db.execute(_ALL_SESSIONS if include_ended else _LIVE_SESSIONS).fetchall()
-
-
-def _known(db: sqlite3.Connection, session_id: str) -> bool:
-    return db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
+        return await self._run(work, write=False)
