@@ -232,7 +232,7 @@ class SessionManager:
 
     async def fork(
         self,
-        handle: Handle,
+        handle: Opened,
         at_turn: int,
         overrides: Mapping[str, Any] | None = None,
         start: ForkStart = DEFAULT_FORK_START,
@@ -242,9 +242,15 @@ class SessionManager:
         `overrides` are merged over the spec (engine/fork.py says how, and what happens
         to the summary and memory); the fork starts `paused` or `running`. The source
         goes on untouched. Full token only. Raises `TurnNotFound`, `TurnInFlight`,
-        `InvalidSpec`, `TooManySessions`.
+        `InvalidSpec`, `TooManySessions`. In cluster mode the node that runs the source
+        makes (and runs) the fork.
         """
         self.require_full(handle)
+        if isinstance(handle, RemoteHandle):
+            payload: dict[str, JsonValue] = {
+                "at_turn": at_turn, "overrides": _json(overrides or {}), "start": start,
+            }  # fmt: skip
+            return CreatedSession.model_validate(await self._forward(handle, "fork", payload))
         source = handle.session
         source.touch()
         self._require_room()
@@ -578,23 +584,6 @@ class SessionManager:
             await self._forward(opened, "join", {"member": member_id, "name": name})
         subscription = await self.cluster.join(opened, since)
         return Member(id=member_id, role=role, name=name, subscription=subscription)
-
-    async def fork_of(
-        self,
-        opened: Opened,
-        at_turn: int,
-        overrides: Mapping[str, Any] | None = None,
-        start: ForkStart = DEFAULT_FORK_START,
-    ) -> CreatedSession:
-        """`fork`, of a session run here or (cluster mode) by another node (which then
-        runs the fork)."""
-        if not isinstance(opened, RemoteHandle):
-            return await self.fork(opened, at_turn, overrides, start)
-        self.require_full(opened)
-        payload: dict[str, JsonValue] = {
-            "at_turn": at_turn, "overrides": _json(overrides or {}), "start": start,
-        }  # fmt: skip
-        return CreatedSession.model_validate(await self._forward(opened, "fork", payload))
 
     @staticmethod
     def seen_to_the_end(opened: Opened, since: int | None) -> bool:

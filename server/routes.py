@@ -383,7 +383,7 @@ async def fork_session(token: str) -> Response:
     manager.require_full(handle)
     body = await _read_body(state.settings.max_spec_bytes)
     fork = _fork_request(body, request.headers.get("Content-Type"), state.settings)
-    created = await manager.fork_of(handle, fork.at_turn, fork.overrides, fork.start)
+    created = await manager.fork(handle, fork.at_turn, fork.overrides, fork.start)
     return json_response(created, 201)
 
 
