@@ -150,6 +150,12 @@ _LIVE_SUMMARIES = """
     WHERE session_id IN (SELECT id FROM sessions WHERE state != 'ended')
 """
 _ALL_MEMORY = "SELECT session_id, text FROM memory"
+_ALL_EVENTS = "SELECT session_id, seq, type, data FROM events ORDER BY session_id, seq"
+_LIVE_EVENTS = """
+    SELECT session_id, seq, type, data FROM events
+    WHERE session_id IN (SELECT id FROM sessions WHERE state != 'ended')
+    ORDER BY session_id, seq
+"""
 _LIVE_MEMORY = """
     SELECT session_id, text FROM memory
     WHERE session_id IN (SELECT id FROM sessions WHERE state != 'ended')
@@ -259,6 +265,13 @@ def _parse_message(row: Sequence[Any]) -> Message:
         tokens=row[7],
         usage=Usage.model_validate_json(row[8]) if row[8] is not None else None,
     )
+
+
+def _event(row: Sequence[Any]) -> EventRecord:
+    try:
+        return EventRecord(seq=row[0], type=row[1], data=row[2])
+    except (ValueError, TypeError) as exc:
+        raise _BadRow(f"events row at seq {row[0]!r}") from exc
 
 
 def _create_private(path: Path) -> None:
@@ -607,11 +620,11 @@ class SqliteStore(Store):
 
     # --- start-up ----------
     async def load_all(self, *, include_ended: bool) -> list[StoredSession]:
-        """Every session with its history, summary and memory: one query per table."""
+        """Every session with its history, summary, memory and events: one query per table."""
 
         async def work(conn: aiosqlite.Connection) -> list[StoredSession]:
             stored = {
-                row[0]: StoredSession(record=_record(row))
+                row[0]: StoredSession(record=_record(row), events=[])
                 for row in await self._session_rows(conn, include_ended)
             }
             messages = _ALL_MESSAGES if include_ended else _LIVE_MESSAGES
@@ -626,6 +639,10 @@ class SqliteStore(Store):
             for row in await conn.execute_fetchall(memory):
                 if (target := stored.get(row[0])) is not None:
                     target.memory = str(row[1])
+            events = _ALL_EVENTS if include_ended else _LIVE_EVENTS
+            for row in await conn.execute_fetchall(events):
+                if (target := stored.get(row[0])) is not None and target.events is not None:
+                    target.events.append(_event(row[1:]))
             return list(stored.values())
 
         return await self._run(work, write=False)

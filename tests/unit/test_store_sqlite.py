@@ -464,8 +464,8 @@ async def test_load_all_reads_each_table_once_however_many_sessions(store: Sqlit
         await store.save_session(record(f"s{number}"))
         await store.save_message(f"s{number}", message(1))
         await store.save_memory(f"s{number}", "memory")
-    assert await count_selects(store, include_ended=True) == small == 4
-    assert await count_selects(store, include_ended=False) == 4
+    assert await count_selects(store, include_ended=True) == small == 5
+    assert await count_selects(store, include_ended=False) == 5
 
 
 async def test_token_lookups_use_the_hash_indexes(store: SqliteStore) -> None:
